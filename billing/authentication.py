@@ -1,0 +1,41 @@
+"""Bearer-key authentication for the /v1 API (DRF authentication class)."""
+
+from __future__ import annotations
+
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from billing.models import ApiKey, User
+from billing.selectors import api_key_get_active
+from billing.services import api_key_touch
+from embeddings_site.errors import ApiError, ErrorCode
+
+_INVALID_KEY = "Invalid API key. Check the key, or create a new one in your dashboard."
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <key>` only; keys in the query string or body are never read."""
+
+    def authenticate(self, request: Request) -> tuple[User, ApiKey]:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header.strip():
+            raise ApiError(
+                ErrorCode.AUTH_MISSING_API_KEY,
+                "Authentication required. Provide your API key via the Authorization header: "
+                "'Authorization: Bearer <api-key>'.",
+            )
+        scheme, _, key = header.strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key or " " in key:
+            raise ApiError(
+                ErrorCode.AUTH_INVALID_FORMAT,
+                "Invalid authorization format. Use 'Authorization: Bearer <api-key>'.",
+            )
+        api_key = api_key_get_active(key=key)
+        if api_key is None:
+            raise ApiError(ErrorCode.AUTH_INVALID_API_KEY, _INVALID_KEY)
+        api_key_touch(api_key=api_key)
+        return api_key.user, api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.validators import validate_email
+
+from billing.services import api_key_create, user_get_or_create
+
+
+class Command(BaseCommand):
+    help = "Issue an API key for a user (created if needed). The key is the last line of stdout."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--email", required=True, help="Owner's e-mail address")
+        parser.add_argument("--name", default="default", help="A name to tell the key apart")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        email = options["email"]
+        try:
+            validate_email(email)
+        except ValidationError as exc:
+            raise CommandError(f"Not a valid e-mail address: {email!r}") from exc
+        user, created = user_get_or_create(email=email)
+        api_key, plaintext = api_key_create(user=user, name=options["name"])
+        self.stderr.write(
+            f"{'Created user' if created else 'User'} {user.email}; key {api_key.prefix}… "
+            f"(id {api_key.pk}). Store it now: it is not shown again."
+        )
+        self.stdout.write(plaintext)

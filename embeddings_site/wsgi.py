@@ -1,0 +1,27 @@
+"""WSGI entry point (gunicorn). Starts loading the enabled models as soon as the app is built."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embeddings_site.settings")
+
+application = get_wsgi_application()
+
+
+def _warm_models() -> None:
+    from django.conf import settings
+
+    if not settings.EMBEDDINGS_WARM_ON_START:
+        return
+    from inference.registry import runtimes
+    from inference.selectors import embedding_model_list
+
+    try:
+        models = list(embedding_model_list())
+    except Exception:  # noqa: BLE001, S110 - an unmigrated database; /ready reports it
+        return
+    runtimes.warm(models)
+
+
+_warm_models()

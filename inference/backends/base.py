@@ -1,0 +1,55 @@
+"""The one small interface every inference backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EmbedItem:
+    """One model input: token ids as the model will see them (special tokens included).
+
+    With `spans` (late chunking) the backend pools each span separately and returns one row
+    per span instead of one for the whole sequence.
+    """
+
+    token_ids: list[int]
+    spans: list[tuple[int, int]] | None = None
+
+    @property
+    def output_rows(self) -> int:
+        return len(self.spans) if self.spans is not None else 1
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    ok: bool
+    detail: str
+
+
+class BackendError(Exception):
+    """The backend could not produce vectors (crashed, unreachable, no capacity)."""
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within its time limit."""
+
+
+class EmbeddingBackend(ABC):
+    """Turns token ids into pooled, unnormalised float32 vectors."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights or connect; called once before the first `embed`."""
+
+    @abstractmethod
+    def embed(self, items: Sequence[EmbedItem]) -> np.ndarray:
+        """Vectors for the items, rows in item order (late-chunking items give a row per span)."""
+
+    @abstractmethod
+    def health(self) -> BackendHealth:
+        """Whether this backend can serve requests now."""

@@ -1,0 +1,115 @@
+"""In-process CPU backend: a transformers encoder run with torch, pooled as sentence-transformers does."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.backends.base import BackendError, BackendHealth, EmbeddingBackend, EmbedItem
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise BackendError(
+            "The CPU backend needs PyTorch: `pip install torch==2.13.0` (see README)."
+        ) from exc
+    return torch
+
+
+class TransformersCpuBackend(EmbeddingBackend):
+    """Runs a Hugging Face encoder on the CPU; batches are sorted by length to cut padding."""
+
+    def __init__(
+        self,
+        *,
+        model_dir: Path,
+        pooling: str = "mean",
+        max_batch_tokens: int = 8192,
+        num_threads: int = 0,
+    ) -> None:
+        self.model_dir = model_dir
+        self.pooling = pooling
+        self.max_batch_tokens = max_batch_tokens
+        self.num_threads = num_threads
+        self._model: Any = None
+        self._pad_id = 0
+        # One forward pass at a time: torch already spreads a pass over every core, and
+        # concurrent passes would only fight over them.
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        torch = _import_torch()
+        from transformers import AutoModel
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        model = AutoModel.from_pretrained(str(self.model_dir), dtype=torch.float32)
+        model.eval()
+        self._pad_id = model.config.pad_token_id or 0
+        self._model = model
+
+    def health(self) -> BackendHealth:
+        if self._model is None:
+            return BackendHealth(ok=False, detail="not loaded")
+        return BackendHealth(ok=True, detail="loaded on cpu")
+
+    def embed(self, items: Sequence[EmbedItem]) -> np.ndarray:
+        if self._model is None:
+            raise BackendError("model not loaded")
+        per_item: list[np.ndarray | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids))
+        for batch in self._batches(order, items):
+            for index, vectors in zip(batch, self._forward([items[i] for i in batch]), strict=True):
+                per_item[index] = vectors
+        return np.concatenate([v for v in per_item if v is not None], axis=0)
+
+    def _batches(self, order: list[int], items: Sequence[EmbedItem]) -> list[list[int]]:
+        """Groups of item indexes whose padded size stays within max_batch_tokens."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for index in order:
+            length = len(items[index].token_ids)
+            # Late-chunking items run alone: their spans index into their own sequence.
+            alone = items[index].spans is not None
+            if current and (alone or (len(current) + 1) * length > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(index)
+            if alone:
+                batches.append(current)
+                current = []
+        if current:
+            batches.append(current)
+        return batches
+
+    def _forward(self, batch: list[EmbedItem]) -> list[np.ndarray]:
+        torch = _import_torch()
+        longest = max(len(item.token_ids) for item in batch)
+        input_ids = torch.full((len(batch), longest), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, item in enumerate(batch):
+            input_ids[row, : len(item.token_ids)] = torch.tensor(item.token_ids, dtype=torch.long)
+            mask[row, : len(item.token_ids)] = 1
+        with self._lock, torch.inference_mode():
+            hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            if batch[0].spans is not None:  # a late-chunking item, alone in its batch
+                spans = batch[0].spans
+                chunks = torch.stack([hidden[0, start:end].mean(dim=0) for start, end in spans])
+                return [chunks.numpy()]
+            pooled = self._pool(hidden, mask).numpy()
+        return [pooled[row : row + 1] for row in range(len(batch))]
+
+    def _pool(self, hidden: Any, mask: Any) -> Any:
+        torch = _import_torch()
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":
+            return hidden[torch.arange(hidden.shape[0]), mask.sum(dim=1) - 1]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+# Jina's task names (EmbeddingsV3Request.task); a model maps the ones it supports to a prefix.
+KNOWN_MODALITIES = ("text", "image")
+
+
+def _validate_tasks(value: object) -> None:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValidationError(
+            'Tasks must be an object of task name → prefix, e.g. {"retrieval.query": "query: "}.'
+        )
+
+
+def _validate_modalities(value: object) -> None:
+    if not isinstance(value, list) or not value or any(m not in KNOWN_MODALITIES for m in value):
+        raise ValidationError(f"Modalities must be a non-empty list drawn from {KNOWN_MODALITIES}.")
+
+
+def _default_modalities() -> list[str]:
+    return ["text"]
+
+
+class EmbeddingModel(models.Model):
+    """A model in the registry: which backend serves it and what requests it accepts."""
+
+    class Backend(models.TextChoices):
+        CPU = "cpu", "In-process CPU (transformers)"
+
+    class Pooling(models.TextChoices):
+        MEAN = "mean", "Mean of token vectors"
+        CLS = "cls", "First ([CLS]) token"
+        LAST = "last", "Last token"
+
+    name = models.CharField(max_length=100, unique=True, help_text="What clients send as `model`.")
+    hugging_face_id = models.CharField(max_length=200, blank=True, db_index=True)
+    description = models.TextField(blank=True)
+    backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.CPU)
+    source = models.CharField(
+        max_length=500,
+        help_text="Model directory, or `package:<python package>` for a model shipped on PyPI.",
+    )
+    dimensions = models.PositiveIntegerField()
+    max_tokens = models.PositiveIntegerField(help_text="Longest input, special tokens included.")
+    matryoshka = models.BooleanField(
+        default=False, help_text="Trained for truncated `dimensions` (any model accepts them)."
+    )
+    pooling = models.CharField(max_length=10, choices=Pooling.choices, default=Pooling.MEAN)
+    tasks = models.JSONField(default=dict, blank=True, validators=[_validate_tasks])
+    default_task = models.CharField(max_length=50, blank=True)
+    modalities = models.JSONField(default=_default_modalities, validators=[_validate_modalities])
+    price_per_million_tokens = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal("0.05"), help_text="USD per 1M tokens."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.default_task and self.default_task not in (self.tasks or {}):
+            raise ValidationError(
+                {"default_task": "The default task must be one of the model's tasks."}
+            )

@@ -1,0 +1,235 @@
+"""The embeddings request path: resolve the model, count, infer, encode."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from embeddings_site.errors import ApiError, ErrorCode
+from inference import encodings
+from inference.backends.base import BackendError, BackendTimeout, EmbedItem
+from inference.catalog import DEFAULT_MODELS
+from inference.models import EmbeddingModel
+from inference.protocol import EmbeddingRequest, ImageInput, TextInput, TokenInput
+from inference.registry import ModelRuntime, runtimes
+from inference.selectors import embedding_model_get, embedding_model_list
+from inference.tokens import EmptyInput, InputTooLong
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CountedRequest:
+    """A request turned into model inputs, with the tokens it will cost."""
+
+    model: EmbeddingModel
+    runtime: ModelRuntime
+    items: list[EmbedItem]
+    prompt_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens
+
+
+def embedding_model_resolve(*, name: str | None) -> EmbeddingModel:
+    """The registry entry a request names (the default model when it names none)."""
+    model = embedding_model_get(name=name or settings.EMBEDDINGS_DEFAULT_MODEL)
+    if model is None:
+        available = ", ".join(m.name for m in embedding_model_list()) or "none"
+        raise ApiError(
+            ErrorCode.INPUT_MODEL_NOT_FOUND,
+            f"Model '{name}' not found. Available models: {available}.",
+            param="model",
+        )
+    return model
+
+
+def _task_prefix(model: EmbeddingModel, task: str | None) -> str:
+    task = task or model.default_task or None
+    if task is None:
+        return ""
+    if task not in model.tasks:
+        supported = ", ".join(sorted(model.tasks)) or "none"
+        raise ApiError(
+            ErrorCode.INPUT_UNSUPPORTED_TASK,
+            f"Task '{task}' is not supported by {model.name}. Supported tasks: {supported}.",
+            param="task",
+        )
+    return str(model.tasks[task])
+
+
+def _token_limit_error(
+    model: EmbeddingModel, exc: InputTooLong, *, late_chunking: bool
+) -> ApiError:
+    if late_chunking:
+        message = (
+            f"With late_chunking the inputs are read as one sequence of {exc.count} tokens, "
+            f"over {model.name}'s limit of {exc.limit}. Send fewer or shorter inputs."
+        )
+    else:
+        message = (
+            f"input[{exc.index}] has {exc.count} tokens, over {model.name}'s limit of {exc.limit} "
+            "tokens. Shorten it, or send truncate: true."
+        )
+    return ApiError(ErrorCode.INPUT_TOKEN_LIMIT_EXCEEDED, message, param="input")
+
+
+def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
+    """Resolve the model and tokenize: the exact token count the request will be charged."""
+    model = embedding_model_resolve(name=request.model)
+    if (
+        any(isinstance(item, ImageInput) for item in request.inputs)
+        and "image" not in model.modalities
+    ):
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            f"{model.name} embeds text only; send image inputs to an image model.",
+            param="input",
+        )
+    prefix = _task_prefix(model, request.task)
+    runtime = _runtime(model)
+    try:
+        if request.late_chunking:
+            items = _late_chunk_items(request, model, runtime, prefix)
+        else:
+            items = _items(request, model, runtime, prefix)
+    except InputTooLong as exc:
+        raise _token_limit_error(model, exc, late_chunking=request.late_chunking) from exc
+    except EmptyInput as exc:
+        raise ApiError(
+            ErrorCode.INPUT_EMPTY, f"input[{exc.index}] has no tokens to embed.", param="input"
+        ) from exc
+    return CountedRequest(
+        model=model,
+        runtime=runtime,
+        items=items,
+        prompt_tokens=sum(len(item.token_ids) for item in items),
+    )
+
+
+def _items(
+    request: EmbeddingRequest, model: EmbeddingModel, runtime: ModelRuntime, prefix: str
+) -> list[EmbedItem]:
+    texts = [
+        (i, prefix + item.text)
+        for i, item in enumerate(request.inputs)
+        if isinstance(item, TextInput)
+    ]
+    encoded = (
+        runtime.tokenizer.encode(
+            [text for _, text in texts], max_tokens=model.max_tokens, truncate=request.truncate
+        )
+        if texts
+        else []
+    )
+    by_index = {index: ids for (index, _), ids in zip(texts, encoded, strict=True)}
+    items: list[EmbedItem] = []
+    for index, item in enumerate(request.inputs):
+        if isinstance(item, TokenInput):
+            items.append(
+                EmbedItem(token_ids=_checked_token_ids(item, index, model, runtime, request))
+            )
+        else:
+            items.append(EmbedItem(token_ids=by_index[index]))
+    return items
+
+
+def _checked_token_ids(
+    item: TokenInput,
+    index: int,
+    model: EmbeddingModel,
+    runtime: ModelRuntime,
+    request: EmbeddingRequest,
+) -> list[int]:
+    vocab = runtime.tokenizer.vocab_size
+    if max(item.ids) >= vocab:
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            f"input[{index}] has token id {max(item.ids)}, outside {model.name}'s vocabulary of "
+            f"{vocab}. Token arrays are read as ids of the model's own tokenizer.",
+            param="input",
+        )
+    if len(item.ids) > model.max_tokens:
+        if not request.truncate:
+            raise _token_limit_error(
+                model, InputTooLong(index, len(item.ids), model.max_tokens), late_chunking=False
+            )
+        return item.ids[: model.max_tokens]
+    return item.ids
+
+
+def _late_chunk_items(
+    request: EmbeddingRequest, model: EmbeddingModel, runtime: ModelRuntime, prefix: str
+) -> list[EmbedItem]:
+    if not all(isinstance(item, TextInput) for item in request.inputs):
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            "late_chunking works on text inputs only.",
+            param="late_chunking",
+        )
+    texts = [item.text for item in request.inputs if isinstance(item, TextInput)]
+    if prefix:
+        texts[0] = prefix + texts[0]
+    sequence = runtime.tokenizer.encode_late_chunks(texts, max_tokens=model.max_tokens)
+    return [EmbedItem(token_ids=sequence.ids, spans=sequence.spans)]
+
+
+def _runtime(model: EmbeddingModel) -> ModelRuntime:
+    try:
+        return runtimes.get(model)
+    except Exception as exc:
+        raise ApiError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            f"Model {model.name} is not available right now. Please retry with exponential backoff.",
+        ) from exc
+
+
+def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> dict[str, Any]:
+    """Run the backend and build the response body (vectors encoded as asked)."""
+    model = counted.model
+    try:
+        vectors = counted.runtime.backend.embed(counted.items)
+    except BackendTimeout as exc:
+        raise ApiError(
+            ErrorCode.SERVICE_TIMEOUT, f"The model did not answer in time: {exc}"
+        ) from exc
+    except BackendError as exc:
+        logger.warning("Backend for %s failed: %s", model.name, exc)
+        raise ApiError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The model backend is temporarily unavailable. Please retry with exponential backoff.",
+        ) from exc
+    vectors = encodings.matryoshka(
+        vectors, dimensions=request.dimensions, normalized=request.normalized
+    )
+    encoded = encodings.encode_all(vectors, request.embedding_types)
+    usage = {"prompt_tokens": counted.prompt_tokens, "total_tokens": counted.total_tokens}
+    return {
+        "object": "list",
+        "model": model.name,
+        "data": [
+            {"object": "embedding", "index": index, "embedding": embedding}
+            for index, embedding in enumerate(encoded)
+        ],
+        "usage": usage,
+    }
+
+
+def embeddings_create(*, request: EmbeddingRequest) -> dict[str, Any]:
+    """Count and embed one request; the response body."""
+    counted = embedding_request_count(request=request)
+    return embeddings_infer(counted=counted, request=request)
+
+
+def embedding_model_register_defaults() -> list[EmbeddingModel]:
+    """Register the catalog's models that are missing; existing entries are left as edited."""
+    created = []
+    for spec in DEFAULT_MODELS:
+        model, was_created = EmbeddingModel.objects.get_or_create(name=spec["name"], defaults=spec)
+        if was_created:
+            created.append(model)
+    return created

@@ -1,0 +1,95 @@
+"""The /v1 inference API: one view per operation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.authentication import ApiKeyAuthentication
+from embeddings_site.errors import ApiError, ErrorCode
+from inference.models import EmbeddingModel
+from inference.protocol import EmbeddingRequestSerializer
+from inference.selectors import embedding_model_get, embedding_model_list
+from inference.services import embeddings_create
+
+
+class EmbeddingCreateApi(APIView):
+    """POST /v1/embeddings — Jina and OpenAI request shapes, one response shape."""
+
+    authentication_classes = [ApiKeyAuthentication]
+    InputSerializer = EmbeddingRequestSerializer
+
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(embeddings_create(request=serializer.to_request()))
+
+
+class ModelOutputSerializer(serializers.Serializer):
+    """A model as OpenAI's `model` object and Jina's ModelInfo at once, plus what requests may use."""
+
+    def to_representation(self, model: EmbeddingModel) -> dict[str, Any]:
+        created = int(model.created_at.timestamp())
+        per_token = model.price_per_million_tokens / 1_000_000
+        features = ["truncate", "late_chunking", "dimensions", "embedding_type"]
+        if model.tasks:
+            features.append("task")
+        return {
+            "id": model.name,
+            "object": "model",
+            "created": created,
+            "owned_by": "self-hosted",
+            "name": model.name,
+            "hugging_face_id": model.hugging_face_id,
+            "description": model.description,
+            "input_modalities": list(model.modalities),
+            "output_modalities": ["embeddings"],
+            "quantization": "",
+            "context_length": model.max_tokens,
+            "max_output_length": model.dimensions,
+            "pricing": {
+                "prompt": f"{per_token:.12f}".rstrip("0").rstrip(".") or "0",
+                "completion": "0",
+                "image": "0",
+                "request": "0",
+                "input_cache_read": "0",
+                "input_cache_write": "0",
+            },
+            "supported_sampling_parameters": [],
+            "supported_features": features,
+            "datacenters": [],
+            "dimensions": model.dimensions,
+            "max_tokens": model.max_tokens,
+            "matryoshka": model.matryoshka,
+            "tasks": sorted(model.tasks),
+            "default_task": model.default_task or None,
+            "backend": model.backend,
+        }
+
+
+class ModelListApi(APIView):
+    """GET /v1/models — the enabled models."""
+
+    OutputSerializer = ModelOutputSerializer
+
+    def get(self, request: Request) -> Response:
+        models = self.OutputSerializer(embedding_model_list(), many=True).data
+        return Response({"object": "list", "data": models})
+
+
+class ModelDetailApi(APIView):
+    """GET /v1/models/{id} — by name or Hugging Face id."""
+
+    OutputSerializer = ModelOutputSerializer
+
+    def get(self, request: Request, model_id: str) -> Response:
+        model = embedding_model_get(name=model_id)
+        if model is None:
+            raise ApiError(
+                ErrorCode.RESOURCE_NOT_FOUND, f"Model '{model_id}' not found.", param="model"
+            )
+        return Response(self.OutputSerializer(model).data)
