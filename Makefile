@@ -1,6 +1,12 @@
 # The two commands: `make run` serves the product, `make test` runs the whole suite.
 # Both build .venv in the checkout from pyproject.toml's pinned dependencies first.
 
+# Settings from .env when there is one (KEY=value lines, see .env.example).
+ifneq (,$(wildcard .env))
+include .env
+export
+endif
+
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -38,7 +44,7 @@ run: install
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy .
+	$(BIN)/mypy
 
 check: install-test
 	$(BIN)/python manage.py makemigrations --check --dry-run

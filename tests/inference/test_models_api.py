@@ -1,0 +1,92 @@
+"""GET /v1/models, /v1/models/{id}, and the health probes."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+
+from inference.registry import runtimes
+from tests.factories import EmbeddingModelFactory
+from tests.jina_spec import assert_error_envelope, assert_valid
+
+pytestmark = pytest.mark.django_db
+
+
+def test_models_list_is_jina_model_info_and_openai_model(client: Client, default_model) -> None:
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    assert_valid(body, "ModelListResponse")
+    assert body["object"] == "list"
+    (model,) = body["data"]
+    assert model["id"] == "all-MiniLM-L6-v2"
+    assert model["object"] == "model"
+    assert model["hugging_face_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert model["dimensions"] == 384 and model["max_output_length"] == 384
+    assert model["max_tokens"] == 256 and model["context_length"] == 256
+    assert model["input_modalities"] == ["text"]
+    assert model["matryoshka"] is False
+    assert "retrieval.query" in model["tasks"]
+    assert Decimal(model["pricing"]["prompt"]) * 1_000_000 == default_model.price_per_million_tokens
+
+
+def test_disabled_models_are_not_listed(client: Client, default_model) -> None:
+    EmbeddingModelFactory(name="off-model", hugging_face_id="", enabled=False)
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["all-MiniLM-L6-v2"]
+
+
+@pytest.mark.parametrize("model_id", ["all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"])
+def test_model_detail_by_name_or_hugging_face_id(client: Client, default_model, model_id) -> None:
+    response = client.get(f"/v1/models/{model_id}")
+    assert response.status_code == 200
+    assert_valid(response.json(), "ModelInfo")
+    assert response.json()["id"] == "all-MiniLM-L6-v2"
+
+
+def test_unknown_model_detail_is_404(client: Client, default_model) -> None:
+    response = client.get("/v1/models/jina-embeddings-v3")
+    assert response.status_code == 404
+    assert_error_envelope(response.json(), "RESOURCE_NOT_FOUND")
+
+
+def test_health_and_live(client: Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/live").json() == {"status": "alive"}
+
+
+def test_ready_waits_for_every_enabled_model(client: Client, default_model) -> None:
+    broken = EmbeddingModelFactory(name="broken", hugging_face_id="", source="/nonexistent/model")
+    deadline = time.monotonic() + 60
+    while True:
+        response = client.get("/ready")
+        states = response.json()["checks"]["models"]
+        if (
+            states["broken"]["state"] == "failed"
+            and states["all-MiniLM-L6-v2"]["state"] == "loaded"
+        ):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
+    assert response.status_code == 503
+    assert "nonexistent" in states["broken"]["detail"]
+    broken.enabled = False
+    broken.save()
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+
+
+def test_ready_without_models_is_not_ready(client: Client) -> None:
+    response = client.get("/ready")
+    assert response.status_code == 503
+
+
+def test_a_model_whose_weights_are_missing_answers_503(post_embeddings, db) -> None:
+    EmbeddingModelFactory(name="ghost", hugging_face_id="", source="/nonexistent/ghost")
+    response = post_embeddings({"model": "ghost", "input": "hi"})
+    assert response.status_code == 503
+    assert_error_envelope(response.json(), "SERVICE_UNAVAILABLE")
+    assert runtimes.status(EmbeddingModelFactory(name="ghost")).state == "failed"
