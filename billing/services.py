@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from billing.keys import key_digest, key_display_prefix, key_generate
-from billing.models import ApiKey, User
+from billing.ledger import balance_credit
+from billing.models import ApiKey, LedgerEntry, Tier, User
 
 # last_used_at is for people reading a dashboard; one write a minute per key is precise enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -25,16 +27,74 @@ def user_get_or_create(*, email: str) -> tuple[User, bool]:
 
 
 @transaction.atomic
-def api_key_create(*, user: User, name: str = "default") -> tuple[ApiKey, str]:
-    """Issue a key; returns the row and the plaintext, which is never stored or shown again."""
+def api_key_create(
+    *,
+    user: User,
+    name: str = "default",
+    tokens: int | None = None,
+    tier: str = Tier.STANDARD,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    concurrency: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Issue a key; returns the row and the plaintext, which is never stored or shown again.
+
+    `tokens` starts the key with exactly that many (an admin grant, no trial); otherwise the
+    first key a user ever gets receives the trial grant (TRIAL_TOKENS).
+    """
+    first_key = not ApiKey.objects.filter(user=user).exists()
     plaintext = key_generate()
     api_key = ApiKey.objects.create(
         user=user,
         name=name,
         prefix=key_display_prefix(plaintext),
         digest=key_digest(plaintext),
+        tier=tier,
+        rpm_limit=rpm,
+        tpm_limit=tpm,
+        concurrency_limit=concurrency,
     )
+    if tokens is not None:
+        if tokens > 0:
+            balance_credit(
+                api_key=api_key,
+                tokens=tokens,
+                kind=LedgerEntry.Kind.ADMIN_GRANT,
+                reference="issued with the key",
+            )
+    elif first_key and settings.TRIAL_TOKENS > 0:
+        balance_credit(
+            api_key=api_key, tokens=settings.TRIAL_TOKENS, kind=LedgerEntry.Kind.TRIAL_GRANT
+        )
+    api_key.refresh_from_db(fields=["balance"])
     return api_key, plaintext
+
+
+def api_key_grant(*, api_key: ApiKey, tokens: int, note: str = "") -> LedgerEntry:
+    """An operator's grant of tokens to a key."""
+    return balance_credit(
+        api_key=api_key, tokens=tokens, kind=LedgerEntry.Kind.ADMIN_GRANT, reference=note
+    )
+
+
+def api_key_set_limits(
+    *,
+    api_key: ApiKey,
+    tier: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    concurrency: int | None = None,
+) -> ApiKey:
+    """Change a key's tier and per-key overrides (None leaves a value as it is)."""
+    if tier is not None:
+        api_key.tier = tier
+    api_key.rpm_limit = rpm if rpm is not None else api_key.rpm_limit
+    api_key.tpm_limit = tpm if tpm is not None else api_key.tpm_limit
+    api_key.concurrency_limit = (
+        concurrency if concurrency is not None else api_key.concurrency_limit
+    )
+    api_key.save(update_fields=["tier", "rpm_limit", "tpm_limit", "concurrency_limit"])
+    return api_key
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:

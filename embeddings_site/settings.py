@@ -6,6 +6,7 @@ Every variable has an embedded default (SQLite, in-process cache, the CPU model)
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
@@ -130,6 +131,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
+            # A file, not memory: the live test server and background threads see the same DB.
+            "TEST": {"NAME": str(DATA_DIR / "test-db.sqlite3")},
         }
     }
 
@@ -221,3 +224,30 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+
+# --- Metering: balances, tiers, the limiter ----------------------------------------------
+# Tokens granted to the first key of a new user (the Jina API gives new users 10M).
+TRIAL_TOKENS = env_int("TRIAL_TOKENS", 10_000_000)
+# Default tiers as in the seeds; override with a JSON object in RATE_LIMIT_TIERS.
+RATE_LIMIT_TIERS: dict[str, dict[str, int]] = {
+    "standard": {"rpm": 500, "tpm": 1_000_000, "concurrency": 10},
+    "premium": {"rpm": 2_000, "tpm": 5_000_000, "concurrency": 50},
+}
+if env_str("RATE_LIMIT_TIERS"):
+    RATE_LIMIT_TIERS.update(json.loads(env_str("RATE_LIMIT_TIERS")))
+RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60)
+# The limiter lives in Redis when one is configured; in the process otherwise.
+RATE_LIMIT_REDIS_URL = env_str("RATE_LIMIT_REDIS_URL", REDIS_URL)
+# When Redis cannot be reached: "local" limits per process until it is back (the default:
+# the service stays up, billing stays exact in the database), "closed" answers 503, "open"
+# admits without limits.
+RATE_LIMIT_ON_REDIS_ERROR = env_str("RATE_LIMIT_ON_REDIS_ERROR", "local")
+# A concurrency slot held by a process that died is given back after this long.
+CONCURRENCY_LEASE_SECONDS = env_int("CONCURRENCY_LEASE_SECONDS", 300)
+# A request still "pending" this long after its debit is from a dead gateway: refund it.
+USAGE_ABANDONED_AFTER_SECONDS = env_int("USAGE_ABANDONED_AFTER_SECONDS", 900)
+# Usage rows of requests that were never charged are written in batches off the request path.
+USAGE_FLUSH_INTERVAL_SECONDS = float(env_str("USAGE_FLUSH_INTERVAL_SECONDS", "1.0"))
+# Run the sweeper and daily rollups in a thread of the gateway (the embedded default); with a
+# Celery broker, Celery beat runs them instead.
+BACKGROUND_MAINTENANCE = env_bool("BACKGROUND_MAINTENANCE", default=True)

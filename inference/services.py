@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
+from billing.metering import Meter
 from embeddings_site.errors import ApiError, ErrorCode
 from inference import encodings
 from inference.backends.base import BackendError, BackendTimeout, EmbedItem
@@ -219,10 +220,13 @@ def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> d
     }
 
 
-def embeddings_create(*, request: EmbeddingRequest) -> dict[str, Any]:
-    """Count and embed one request; the response body."""
+def embeddings_create(*, meter: Meter, request: EmbeddingRequest) -> dict[str, Any]:
+    """Count, admit and debit, embed, settle: the response body of one request."""
     counted = embedding_request_count(request=request)
-    return embeddings_infer(counted=counted, request=request)
+    meter.admit(model=counted.model.name, text_tokens=counted.prompt_tokens)
+    body = embeddings_infer(counted=counted, request=request)
+    meter.succeed()
+    return body
 
 
 def embedding_model_register_defaults() -> list[EmbeddingModel]:

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.authentication import ApiKeyAuthentication
+from billing.views import MeteredApiView
 from embeddings_site.errors import ApiError, ErrorCode
 from inference.models import EmbeddingModel
 from inference.protocol import EmbeddingRequestSerializer
@@ -17,16 +17,16 @@ from inference.selectors import embedding_model_get, embedding_model_list
 from inference.services import embeddings_create
 
 
-class EmbeddingCreateApi(APIView):
+class EmbeddingCreateApi(MeteredApiView):
     """POST /v1/embeddings — Jina and OpenAI request shapes, one response shape."""
 
-    authentication_classes = [ApiKeyAuthentication]
     InputSerializer = EmbeddingRequestSerializer
 
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return Response(embeddings_create(request=serializer.to_request()))
+        body = embeddings_create(meter=request.meter, request=serializer.to_request())  # type: ignore[attr-defined]
+        return Response(body)
 
 
 class ModelOutputSerializer(serializers.Serializer):

@@ -12,6 +12,22 @@ from inference.models import EmbeddingModel
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory
 
 
+@pytest.fixture(autouse=True)
+def _metering_in_process(settings: Any) -> Any:
+    """In-process tests write usage rows synchronously and start with an empty local limiter.
+
+    (The test database may be in memory, where a background thread would not see it; the
+    gunicorn-based tests exercise the batched writer and Redis.)
+    """
+    from billing.limiter import reset_limiter
+
+    settings.USAGE_FLUSH_INTERVAL_SECONDS = 0
+    settings.RATE_LIMIT_REDIS_URL = ""
+    reset_limiter()
+    yield
+    reset_limiter()
+
+
 @pytest.fixture
 def default_model(db: None) -> EmbeddingModel:
     return EmbeddingModelFactory()

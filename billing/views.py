@@ -1,0 +1,61 @@
+"""The base of every metered /v1 view: bearer key, admission, settlement, rate-limit headers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.authentication import ApiKeyAuthentication
+from billing.metering import Meter
+from billing.models import ApiKey
+from embeddings_site.errors import ApiError, ErrorCode, api_error_from_exception, error_response
+
+logger = logging.getLogger(__name__)
+
+
+class MeteredApiView(APIView):
+    """A /v1 view billed to the calling key.
+
+    Every response, success or error, carries the rate-limit headers; any error after the
+    debit refunds it; an unexpected exception becomes an INTERNAL_ERROR envelope (logged with
+    its traceback here, never shown to the client).
+    """
+
+    authentication_classes = [ApiKeyAuthentication]
+    endpoint = "embeddings"
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        api_key: ApiKey = request.auth  # type: ignore[assignment]
+        request.meter = Meter(  # type: ignore[attr-defined]
+            api_key=api_key,
+            request_id=getattr(request, "request_id", ""),
+            endpoint=self.endpoint,
+        )
+
+    def handle_exception(self, exc: Exception) -> Response:
+        error = api_error_from_exception(exc)
+        if error is None:
+            logger.exception("Unhandled error in %s", type(self).__name__, exc_info=exc)
+            error = ApiError(
+                ErrorCode.INTERNAL_ERROR,
+                "An unexpected error occurred. If this persists, contact support with the request_id.",
+            )
+        meter: Meter | None = getattr(self.request, "meter", None)
+        if meter is not None:
+            meter.fail(error)
+        return error_response(self.request, error)  # type: ignore[return-value]
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        meter: Meter | None = getattr(request, "meter", None)
+        if meter is not None:
+            for name, value in meter.headers().items():
+                if name not in response:
+                    response[name] = value
+            meter.close()
+        return response
