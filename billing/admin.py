@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from billing.models import ApiKey, User
+from billing.models import ApiKey, LedgerEntry, UsageDaily, UsageRecord, User
 
 
 @admin.register(User)
@@ -19,11 +19,62 @@ class UserAdmin(DjangoUserAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "revoked_at"]
+    list_display = [
+        "prefix",
+        "name",
+        "user",
+        "balance",
+        "tier",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     search_fields = ["prefix", "name", "user__email"]
-    readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
-    list_filter = ["revoked_at"]
+    # The balance moves only through the ledger services (`manage.py grant`, payments, usage).
+    readonly_fields = ["prefix", "digest", "balance", "created_at", "last_used_at"]
+    list_filter = ["tier", "revoked_at"]
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         # Keys are issued by the services (dashboard or `createkey`) so the plaintext is shown once.
         return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Append-only records: visible to staff, changed only by the services."""
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "api_key", "kind", "tokens", "reference"]
+    list_filter = ["kind"]
+    search_fields = ["api_key__prefix", "reference"]
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = [
+        "created_at",
+        "api_key",
+        "model",
+        "status",
+        "http_status",
+        "charged_tokens",
+        "latency_ms",
+    ]
+    list_filter = ["status", "model"]
+    search_fields = ["request_id", "api_key__prefix"]
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ReadOnlyAdmin):
+    list_display = ["day", "api_key", "model", "requests", "errors", "charged_tokens"]
+    list_filter = ["model"]

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
+from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions as drf_exceptions
 
 from embeddings_site.json import json_response
@@ -164,6 +165,12 @@ def api_error_from_exception(exc: BaseException) -> ApiError | None:
         return ApiError(ErrorCode.RESOURCE_NOT_FOUND, "Resource not found.")
     if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
         return ApiError(ErrorCode.AUTH_MISSING_API_KEY, str(exc.detail))
+    if isinstance(exc, Ratelimited):
+        return ApiError(
+            ErrorCode.RATE_IP_LIMIT_EXCEEDED,
+            "IP rate limit exceeded. Too many requests from this IP address. Reduce request frequency.",
+            headers={"Retry-After": "60"},
+        )
     if isinstance(exc, PermissionDenied | drf_exceptions.PermissionDenied):
         return ApiError(ErrorCode.AUTHZ_FORBIDDEN, "You do not have permission to do this.")
     if isinstance(exc, drf_exceptions.Throttled):
@@ -190,7 +197,8 @@ def handler400(request: HttpRequest, exception: Exception | None = None) -> Http
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    return error_response(request, ApiError(ErrorCode.AUTHZ_FORBIDDEN, "Forbidden."))
+    error = api_error_from_exception(exception) if exception else None
+    return error_response(request, error or ApiError(ErrorCode.AUTHZ_FORBIDDEN, "Forbidden."))
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

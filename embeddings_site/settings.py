@@ -251,3 +251,14 @@ USAGE_FLUSH_INTERVAL_SECONDS = float(env_str("USAGE_FLUSH_INTERVAL_SECONDS", "1.
 # Run the sweeper and daily rollups in a thread of the gateway (the embedded default); with a
 # Celery broker, Celery beat runs them instead.
 BACKGROUND_MAINTENANCE = env_bool("BACKGROUND_MAINTENANCE", default=True)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-abandoned-usage": {"task": "billing.tasks.sweep_abandoned_usage", "schedule": 60.0},
+    "rollup-recent-usage": {"task": "billing.tasks.rollup_recent_usage", "schedule": 300.0},
+}
+
+# --- Per-IP limits on anonymous endpoints (django-ratelimit, on the cache above) ----------
+IP_RATE_LIMIT_ANONYMOUS = env_str("IP_RATE_LIMIT_ANONYMOUS", "300/m")
+IP_RATE_LIMIT_LOGIN = env_str("IP_RATE_LIMIT_LOGIN", "20/m")
+# Behind a proxy, name the header that carries the client address (e.g. HTTP_X_FORWARDED_FOR).
+if env_str("RATELIMIT_IP_META_KEY"):
+    RATELIMIT_IP_META_KEY = env_str("RATELIMIT_IP_META_KEY")

@@ -1,8 +1,15 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import path, re_path
+from django_ratelimit.decorators import ratelimit
 
 from inference import health
 from inference.views import EmbeddingCreateApi, ModelDetailApi, ModelListApi
+
+# Sign-in forms are limited per client IP.
+admin.site.login = ratelimit(  # type: ignore[method-assign]
+    key="ip", rate=lambda group, request: settings.IP_RATE_LIMIT_LOGIN, method="POST", block=True
+)(admin.site.login)
 
 # /v1 routes take an optional trailing slash: clients differ, and a redirect would drop a POST body.
 urlpatterns = [

@@ -24,4 +24,11 @@ def _warm_models() -> None:
     runtimes.warm(models)
 
 
+def _start_maintenance() -> None:
+    from billing.tasks import start_maintenance_thread
+
+    start_maintenance_thread()
+
+
 _warm_models()
+_start_maintenance()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.utils.decorators import method_decorator
+from django_ratelimit.decorators import ratelimit
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -71,6 +74,14 @@ class ModelOutputSerializer(serializers.Serializer):
         }
 
 
+# Anonymous endpoints are limited per client IP (django-ratelimit, on the Django cache).
+_per_ip = method_decorator(
+    ratelimit(key="ip", rate=lambda group, request: settings.IP_RATE_LIMIT_ANONYMOUS, block=True),
+    name="get",
+)
+
+
+@_per_ip
 class ModelListApi(APIView):
     """GET /v1/models — the enabled models."""
 
@@ -81,6 +92,7 @@ class ModelListApi(APIView):
         return Response({"object": "list", "data": models})
 
 
+@_per_ip
 class ModelDetailApi(APIView):
     """GET /v1/models/{id} — by name or Hugging Face id."""
 

@@ -11,6 +11,9 @@ from billing.models import ApiKey
 from inference.models import EmbeddingModel
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory
 
+# Real services (private Redis, a fresh Postgres database, gunicorn gateways) as fixtures.
+pytest_plugins = ["tests.infra"]
+
 
 @pytest.fixture(autouse=True)
 def _metering_in_process(settings: Any) -> Any:

@@ -97,7 +97,10 @@ class TransformersCpuBackend(EmbeddingBackend):
             input_ids[row, : len(item.token_ids)] = torch.tensor(item.token_ids, dtype=torch.long)
             mask[row, : len(item.token_ids)] = 1
         with self._lock, torch.inference_mode():
-            hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            try:
+                hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            except (RuntimeError, IndexError, ValueError) as exc:
+                raise BackendError(f"forward pass failed: {exc}") from exc
             if batch[0].spans is not None:  # a late-chunking item, alone in its batch
                 spans = batch[0].spans
                 chunks = torch.stack([hidden[0, start:end].mean(dim=0) for start, end in spans])

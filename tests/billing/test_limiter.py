@@ -1,0 +1,224 @@
+"""One contract for both limiters: the in-process one and the Redis one (a real redis-server)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from billing.limiter import (
+    FailoverLimiter,
+    Limiter,
+    LimiterUnavailable,
+    Limits,
+    LocalLimiter,
+    RedisLimiter,
+    format_duration,
+)
+from tests.infra import RedisServer
+
+WINDOW = 1.0  # seconds; short so that the sliding window can be watched moving
+
+
+def slot() -> str:
+    return uuid.uuid4().hex
+
+
+class LimiterContract:
+    """Behaviour every Limiter must have. Subclasses provide `make(window, lease)`."""
+
+    def make(self, *, window: float = WINDOW, lease: float = 60.0) -> Limiter:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def key(self) -> str:
+        return uuid.uuid4().hex
+
+    def test_admits_exactly_rpm_requests(self, key: str) -> None:
+        limiter = self.make(window=60)
+        limits = Limits(rpm=5, tpm=10_000, concurrency=100)
+        results = [limiter.admit(key=key, limits=limits, tokens=1, slot=slot()) for _ in range(7)]
+        assert [r.allowed for r in results] == [True] * 5 + [False] * 2
+        refused = results[5]
+        assert refused.reason == "requests"
+        assert 59 < refused.retry_after <= 60
+        assert refused.remaining_requests == 0
+        assert results[4].remaining_requests == 0 and results[0].remaining_requests == 4
+
+    def test_tokens_are_weighted_and_refusal_takes_nothing(self, key: str) -> None:
+        limiter = self.make(window=60)
+        limits = Limits(rpm=100, tpm=100, concurrency=100)
+        assert limiter.admit(key=key, limits=limits, tokens=60, slot=slot()).allowed
+        refused = limiter.admit(key=key, limits=limits, tokens=41, slot=slot())
+        assert not refused.allowed and refused.reason == "tokens"
+        assert refused.tokens_in_window == 60
+        # The refused request took neither tokens nor a request: 40 more still fit exactly.
+        fits = limiter.admit(key=key, limits=limits, tokens=40, slot=slot())
+        assert fits.allowed and fits.remaining_tokens == 0 and fits.requests_in_window == 2
+
+    def test_window_slides_and_no_boundary_lets_twice_through(self, key: str) -> None:
+        limiter = self.make(window=WINDOW)
+        limits = Limits(rpm=3, tpm=10_000, concurrency=100)
+        started = time.time()
+        for _ in range(3):
+            assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        time.sleep(WINDOW * 0.6)
+        # Any fixed window would have reset by now for some alignment; a sliding one has not.
+        refused = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
+        assert not refused.allowed
+        assert 0 < refused.retry_after <= WINDOW - 0.5
+        time.sleep(max(0.0, started + WINDOW + 0.05 - time.time()))
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+
+    def test_token_retry_after_waits_for_enough_tokens_to_leave(self, key: str) -> None:
+        limiter = self.make(window=WINDOW)
+        limits = Limits(rpm=100, tpm=10, concurrency=100)
+        assert limiter.admit(key=key, limits=limits, tokens=4, slot=slot()).allowed
+        time.sleep(0.3)
+        assert limiter.admit(key=key, limits=limits, tokens=6, slot=slot()).allowed
+        refused = limiter.admit(key=key, limits=limits, tokens=5, slot=slot())
+        # 5 tokens need both earlier requests gone: the second leaves ~1.0 s after it came.
+        assert refused.reason == "tokens"
+        assert WINDOW - 0.1 < refused.retry_after <= WINDOW
+        small = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
+        assert not small.allowed
+        assert 0.4 < small.retry_after < 0.75  # the first request's 4 tokens free it
+
+    def test_concurrency_slots_are_released(self, key: str) -> None:
+        limiter = self.make()
+        limits = Limits(rpm=100, tpm=10_000, concurrency=2)
+        a, b = slot(), slot()
+        first = limiter.admit(key=key, limits=limits, tokens=1, slot=a)
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=b).allowed
+        refused = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
+        assert not refused.allowed and refused.reason == "concurrency" and refused.in_flight == 2
+        limiter.release(key=key, slot=a, backend=first.backend)
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+
+    def test_a_slot_held_by_a_dead_process_expires(self, key: str) -> None:
+        limiter = self.make(lease=0.3)
+        limits = Limits(rpm=100, tpm=10_000, concurrency=1)
+        assert limiter.admit(
+            key=key, limits=limits, tokens=1, slot=slot()
+        ).allowed  # never released
+        assert not limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        time.sleep(0.4)
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+
+    def test_keys_are_independent(self, key: str) -> None:
+        limiter = self.make(window=60)
+        limits = Limits(rpm=1, tpm=10_000, concurrency=100)
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        assert limiter.admit(key=key + "-other", limits=limits, tokens=1, slot=slot()).allowed
+        assert not limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+
+    def test_concurrent_admissions_are_exact(self, key: str) -> None:
+        limiter = self.make(window=60)
+        limits = Limits(rpm=25, tpm=10_000, concurrency=1000)
+        barrier = threading.Barrier(60)
+        allowed: list[bool] = []
+
+        def call() -> None:
+            barrier.wait()
+            allowed.append(limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed)
+
+        threads = [threading.Thread(target=call) for _ in range(60)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert allowed.count(True) == 25
+
+    def test_peek_takes_nothing(self, key: str) -> None:
+        limiter = self.make(window=60)
+        limits = Limits(rpm=2, tpm=100, concurrency=1)
+        assert limiter.admit(key=key, limits=limits, tokens=30, slot=slot()).allowed
+        for _ in range(3):
+            state = limiter.peek(key=key, limits=limits)
+            assert state.requests_in_window == 1 and state.tokens_in_window == 30
+        assert 59 < state.reset_after <= 60
+
+
+class TestLocalLimiter(LimiterContract):
+    def make(self, *, window: float = WINDOW, lease: float = 60.0) -> Limiter:
+        return LocalLimiter(window=window, lease=lease)
+
+
+class TestRedisLimiter(LimiterContract):
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_server: RedisServer) -> None:
+        self.redis_url = redis_server.url
+
+    def make(self, *, window: float = WINDOW, lease: float = 60.0) -> Limiter:
+        return RedisLimiter.from_url(self.redis_url, window=window, lease=lease)
+
+    def test_processes_share_one_window(self, key: str) -> None:
+        """Two limiter instances (as in two gateway processes) see the same counts."""
+        first, second = self.make(window=60), self.make(window=60)
+        limits = Limits(rpm=2, tpm=10_000, concurrency=100)
+        assert first.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        assert second.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        assert not first.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+
+    def test_one_redis_call_per_admission(self, key: str) -> None:
+        import redis
+
+        calls: list[tuple] = []
+
+        class CountingRedis(redis.Redis):
+            def execute_command(self, *args, **options):  # type: ignore[no-untyped-def]
+                calls.append(args)
+                return super().execute_command(*args, **options)
+
+        limiter = RedisLimiter(CountingRedis.from_url(self.redis_url), window=60)
+        limits = Limits(rpm=1000, tpm=10_000, concurrency=100)
+        limiter.admit(key=key, limits=limits, tokens=1, slot=slot())  # loads the script
+        calls.clear()
+        for _ in range(50):
+            limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
+        assert len(calls) == 50
+        assert {args[0] for args in calls} == {"EVALSHA"}
+
+
+def test_failover_modes(tmp_path: Path) -> None:
+    """With Redis gone, "local" keeps limiting per process, "closed" refuses, "open" admits."""
+    server = RedisServer(tmp_path / "redis").start()
+    primary = RedisLimiter.from_url(server.url, window=60)
+    limits = Limits(rpm=2, tpm=10_000, concurrency=100)
+    local = FailoverLimiter(primary, mode="local", retry_interval=0.2)
+    closed = FailoverLimiter(RedisLimiter.from_url(server.url, window=60), mode="closed")
+    opened = FailoverLimiter(RedisLimiter.from_url(server.url, window=60), mode="open")
+    assert local.admit(key="k", limits=limits, tokens=1, slot=slot()).backend == "redis"
+    server.stop()
+    degraded = [local.admit(key="k", limits=limits, tokens=1, slot=slot()) for _ in range(3)]
+    assert [d.backend for d in degraded] == ["local"] * 3
+    assert [d.allowed for d in degraded] == [True, True, False]
+    with pytest.raises(LimiterUnavailable):
+        closed.admit(key="k", limits=limits, tokens=1, slot=slot())
+    assert all(
+        opened.admit(key="k", limits=limits, tokens=1, slot=slot()).allowed for _ in range(5)
+    )
+    # Redis back (same port): the next call after retry_interval goes to Redis again.
+    server.start()
+    time.sleep(0.3)
+    assert local.admit(key="k2", limits=limits, tokens=1, slot=slot()).backend == "redis"
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (0.0174, "18ms"),
+        (1, "1s"),
+        (8.64, "8.64s"),
+        (60, "1m0s"),
+        (360, "6m0s"),
+        (90.5, "1m30.5s"),
+    ],
+)
+def test_reset_durations_read_like_openais(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text

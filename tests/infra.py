@@ -1,0 +1,242 @@
+"""Real services for the tests: a private Redis, a fresh Postgres database, gunicorn gateways.
+
+Each is started or found here; when one cannot be had the test fails with a message that says
+what is missing — it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port, keeping nothing on disk."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def _postgres_admin() -> object:
+    import psycopg
+
+    try:
+        return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        pass
+    # Not running: start the machine's cluster the way the environment documents it.
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").exists() else []
+    if versions:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "start"],
+            capture_output=True,
+            check=False,
+        )
+        time.sleep(2)
+    try:
+        return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} and could not be started: {exc}"
+        )
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty Postgres database for one test; dropped afterwards."""
+    admin = _postgres_admin()
+    name = f"embeddings_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[attr-defined]
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[attr-defined]
+    admin.close()  # type: ignore[attr-defined]
+
+
+class Gateway:
+    """The product served by gunicorn, as `make run` serves it, in its own processes."""
+
+    def __init__(self, directory: Path, *, workers: int, threads: int, env: dict[str, str]) -> None:
+        self.directory = directory
+        self.workers = workers
+        self.threads = threads
+        self.port = free_port()
+        self.env = {
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("DJANGO_", "PYTEST", "DATABASE_URL", "REDIS_URL"))
+            },
+            "DATA_DIR": str(directory / "data"),
+            "EMBEDDINGS_WARM_ON_START": "true",
+            "USAGE_FLUSH_INTERVAL_SECONDS": "0.2",
+            "TORCH_NUM_THREADS": "1",
+            **env,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = directory / "gunicorn.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=check,
+        )
+
+    def start(self) -> Gateway:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.manage("migrate", "--noinput", "-v0")
+        self.manage("register_models")
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "embeddings_site.wsgi",
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                    "--worker-class",
+                    "gthread",
+                    "--workers",
+                    str(self.workers),
+                    "--threads",
+                    str(self.threads),
+                    "--timeout",
+                    "120",
+                    "--no-control-socket",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Ready in every worker: /ready answers 200 on enough consecutive calls to reach each."""
+        deadline = time.monotonic() + timeout
+        streak = 0
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                pytest.fail(f"gunicorn exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/ready", timeout=10) as response:
+                    streak = streak + 1 if response.status == 200 else 0
+            except OSError:
+                streak = 0
+            if streak >= self.workers * 4:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"gateway not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
+        return [int(pid) for pid in out.split()]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process = None
+
+
+@pytest.fixture
+def gateways(tmp_path: Path) -> Iterator[list[Gateway]]:
+    """Start gateways with `gateways.append(Gateway(...).start())`; all are stopped afterwards."""
+    started: list[Gateway] = []
+    yield started
+    for gateway in started:
+        gateway.stop()
