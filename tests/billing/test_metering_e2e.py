@@ -5,6 +5,7 @@ ADVERSARIAL rows 4, 5, 7, 16 and 17, and the issue's four-process acceptance, ea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,18 +27,19 @@ def create_key(gateway: Gateway, *args: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+def embed(url: str, key: str, body: dict) -> requests.Response:
+    return requests.post(
+        f"{url}/v1/embeddings", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120
+    )
+
+
 def fire(url: str, key: str, bodies: list[dict]) -> list[requests.Response]:
     """Send all bodies at once (a barrier releases every thread together)."""
     barrier = threading.Barrier(len(bodies))
 
     def post(body: dict) -> requests.Response:
         barrier.wait()
-        return requests.post(
-            f"{url}/v1/embeddings",
-            json=body,
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=120,
-        )
+        return embed(url, key, body)
 
     with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
         return list(pool.map(post, bodies))
@@ -71,11 +73,7 @@ def test_fifty_parallel_requests_on_a_balance_for_exactly_ten(
     gateway = Gateway(tmp_path / "gw", workers=2, threads=32, env=env).start()
     gateways.append(gateway)
     probe = create_key(gateway, "--tokens", "1000")
-    cost = requests.post(
-        f"{gateway.url}/v1/embeddings",
-        json={"input": "hello"},
-        headers={"Authorization": f"Bearer {probe}"},
-    ).json()["usage"]["total_tokens"]
+    cost = embed(gateway.url, probe, {"input": "hello"}).json()["usage"]["total_tokens"]
     key = create_key(gateway, "--tokens", str(10 * cost), "--concurrency", "100")
 
     responses = fire(gateway.url, key, [{"input": "hello"}] * 50)
@@ -157,11 +155,7 @@ def test_four_gateway_processes_share_one_limit(
         "RATE_TOKEN_LIMIT_EXCEEDED"
     }
 
-    oversize = requests.post(
-        f"{gateway.url}/v1/embeddings",
-        json={"input": "word " * 100},
-        headers={"Authorization": f"Bearer {tpm_key}"},
-    )
+    oversize = embed(gateway.url, tpm_key, {"input": "word " * 100})
     assert oversize.status_code == 400
     assert oversize.json()["code"] == "INPUT_TOKEN_LIMIT_EXCEEDED"
     assert_ledger_ok(gateway)
@@ -179,15 +173,8 @@ def test_a_gateway_killed_mid_request_leaves_no_unsettled_debit(
     big = {"input": ["a long sentence about many different things " * 5] * 2048}
 
     def post() -> None:
-        try:
-            requests.post(
-                f"{gateway.url}/v1/embeddings",
-                json=big,
-                headers={"Authorization": f"Bearer {key}"},
-                timeout=120,
-            )
-        except requests.RequestException:
-            pass
+        with contextlib.suppress(requests.RequestException):  # the worker dies under it
+            embed(gateway.url, key, big)
 
     sender = threading.Thread(target=post)
     sender.start()
@@ -223,19 +210,15 @@ def test_redis_stopped_while_serving(gateways, postgres_url, tmp_path) -> None:
     ).start()
     gateways.append(gateway)
     key = create_key(gateway, "--tokens", "100000", "--rpm", "1000")
-    headers = {"Authorization": f"Bearer {key}"}
-    before = requests.post(f"{gateway.url}/v1/embeddings", json={"input": "hello"}, headers=headers)
+    before = embed(gateway.url, key, {"input": "hello"})
     assert before.status_code == 200
     redis.stop()
-    during = [
-        requests.post(f"{gateway.url}/v1/embeddings", json={"input": "hello"}, headers=headers)
-        for _ in range(10)
-    ]
+    during = [embed(gateway.url, key, {"input": "hello"}) for _ in range(10)]
     assert [r.status_code for r in during] == [200] * 10
     assert all("x-ratelimit-remaining-requests" in r.headers for r in during)
     redis.start()
     time.sleep(1.5)
-    after = requests.post(f"{gateway.url}/v1/embeddings", json={"input": "hello"}, headers=headers)
+    after = embed(gateway.url, key, {"input": "hello"})
     assert after.status_code == 200
     cost = before.json()["usage"]["total_tokens"]
     assert key_state(gateway, key)["balance"] == 100000 - 12 * cost
@@ -249,11 +232,7 @@ def test_sqlite_default_writes_refusals_in_the_background(gateways, tmp_path: Pa
     gateway = Gateway(tmp_path / "gw", workers=1, threads=8, env={}).start()
     gateways.append(gateway)
     key = create_key(gateway, "--tokens", "5")
-    headers = {"Authorization": f"Bearer {key}"}
-    refused = [
-        requests.post(f"{gateway.url}/v1/embeddings", json={"input": "x" * 50}, headers=headers)
-        for _ in range(3)
-    ]
+    refused = [embed(gateway.url, key, {"input": "x" * 50}) for _ in range(3)]
     assert [r.status_code for r in refused] == [403] * 3
     deadline = time.monotonic() + 10
     while len(key_state(gateway, key)["rows"]) < 3:
