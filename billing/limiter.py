@@ -172,11 +172,15 @@ if #old > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
   if redis.call('DECRBY', KEYS[2], freed) <= 0 then redis.call('DEL', KEYS[2]) end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local rpm, tpm, conc, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local count = redis.call('ZCARD', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local inflight = redis.call('ZCARD', KEYS[3])
+if inflight >= conc or ARGV[8] ~= 'admit' then
+  -- Expired leases (slots of dead processes) are only worth purging when they could matter.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  inflight = redis.call('ZCARD', KEYS[3])
+end
 local reason, retry = '', 0
 if ARGV[8] == 'admit' then
   if count + 1 > rpm then
@@ -206,7 +210,8 @@ if ARGV[8] == 'admit' then
     redis.call('PEXPIRE', KEYS[1], ttl)
     redis.call('PEXPIRE', KEYS[2], ttl)
     redis.call('PEXPIRE', KEYS[3], math.ceil(tonumber(ARGV[7]) / 1000) + 1000)
-    count, used, inflight = count + 1, used + tokens, inflight + 1
+    -- Just admitted: the newest entry is this one, so the window empties `window` from now.
+    return {'', '0', count + 1, used + tokens, inflight + 1, tostring(window)}
   end
 end
 local reset = 0
