@@ -73,7 +73,9 @@ def main() -> None:
     with private_redis(args.redis_url) as url:
         result = run(url, args.operations, args.rounds, args.keys)
     verdict = "meets" if result["ratio"] >= GOAL_RATIO else "misses"
-    print(f"P5 admission: {result['admit_ops']:,.0f} ops/s vs raw INCR {result['incr_ops']:,.0f} ops/s")
+    print(
+        f"P5 admission: {result['admit_ops']:,.0f} ops/s vs raw INCR {result['incr_ops']:,.0f} ops/s"
+    )
     print(f"P5 ratio admission/INCR = {result['ratio']:.2f} (goal >= {GOAL_RATIO}: {verdict})")
     print(
         f"P5 Redis calls: {result['admission_calls']} per admission, "
