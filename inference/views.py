@@ -76,7 +76,12 @@ class ModelOutputSerializer(serializers.Serializer):
 
 # Anonymous endpoints are limited per client IP (django-ratelimit, on the Django cache).
 _per_ip = method_decorator(
-    ratelimit(key="ip", rate=lambda group, request: settings.IP_RATE_LIMIT_ANONYMOUS, block=True),
+    ratelimit(
+        group="v1-anonymous",
+        key="ip",
+        rate=lambda group, request: settings.IP_RATE_LIMIT_ANONYMOUS,
+        block=True,
+    ),
     name="get",
 )
 

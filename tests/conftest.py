@@ -31,6 +31,24 @@ def _metering_in_process(settings: Any) -> Any:
     reset_limiter()
 
 
+@pytest.fixture(autouse=True)
+def _ledger_stays_balanced(request: pytest.FixtureRequest) -> Any:
+    """After every test that touches the database: each balance equals the sum of its ledger."""
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    if marker is None and not names & {"db", "transactional_db", "live_server"}:
+        yield
+        return
+    transactional = bool(marker and marker.kwargs.get("transaction")) or bool(
+        names & {"transactional_db", "live_server"}
+    )
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    yield
+    from billing.ledger import ledger_mismatches
+
+    assert ledger_mismatches() == [], "a balance no longer equals the sum of its ledger entries"
+
+
 @pytest.fixture
 def default_model(db: None) -> EmbeddingModel:
     return EmbeddingModelFactory()

@@ -111,6 +111,7 @@ def test_ledger_check_command_exits_non_zero_on_a_mismatch() -> None:
         call_command("ledger_check", stdout=io.StringIO(), stderr=err)
     assert exit_info.value.code == 1
     assert "balance 49 but ledger sums to 50" in err.getvalue()
+    ApiKey.objects.filter(pk=api_key.pk).update(balance=50)
 
 
 def test_grant_command_adds_an_admin_grant() -> None:

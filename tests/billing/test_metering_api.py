@@ -183,3 +183,38 @@ def test_usage_rows_and_daily_rollups(call, make_key, client) -> None:
     by_model = usage_daily(user=api_key.user, group_by=("model",))
     # The refused request never named a model that could be resolved.
     assert {row["model"]: row["requests"] for row in by_model} == {"all-MiniLM-L6-v2": 3, "": 1}
+
+
+@pytest.fixture
+def tight_ip_limits(settings):
+    from django.core.cache import cache
+
+    settings.IP_RATE_LIMIT_ANONYMOUS = "3/m"
+    settings.IP_RATE_LIMIT_LOGIN = "2/m"
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def test_anonymous_endpoints_are_limited_per_ip(client, default_model, tight_ip_limits) -> None:
+    codes = [client.get("/v1/models", REMOTE_ADDR="203.0.113.7").status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    refused = client.get("/v1/models/all-MiniLM-L6-v2", REMOTE_ADDR="203.0.113.7")
+    assert refused.status_code == 429
+    assert_error_envelope(refused.json(), "RATE_IP_LIMIT_EXCEEDED")
+    assert refused["Retry-After"]
+    # Another address has its own allowance.
+    assert client.get("/v1/models", REMOTE_ADDR="203.0.113.8").status_code == 200
+
+
+def test_sign_in_attempts_are_limited_per_ip(client, db, tight_ip_limits) -> None:
+    attempts = [
+        client.post(
+            "/admin/login/",
+            {"username": "a@example.com", "password": "wrong"},
+            REMOTE_ADDR="198.51.100.1",
+        )
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in attempts] == [200, 200, 429]
+    assert attempts[-1].json()["code"] == "RATE_IP_LIMIT_EXCEEDED"
