@@ -28,7 +28,8 @@ class ErrorCode(StrEnum):
     INPUT_EMPTY = "INPUT_EMPTY"
     INPUT_TOKEN_LIMIT_EXCEEDED = "INPUT_TOKEN_LIMIT_EXCEEDED"
     INPUT_UNSUPPORTED_TASK = "INPUT_UNSUPPORTED_TASK"
-    INPUT_INVALID_DIMENSIONS = "INPUT_INVALID_DIMENSIONS"
+    INPUT_INVALID_IMAGE = "INPUT_INVALID_IMAGE"
+    INPUT_UNSUPPORTED_MODALITY = "INPUT_UNSUPPORTED_MODALITY"
     INPUT_BODY_TOO_LARGE = "INPUT_BODY_TOO_LARGE"
     INPUT_UNSUPPORTED_MEDIA_TYPE = "INPUT_UNSUPPORTED_MEDIA_TYPE"
     AUTH_MISSING_API_KEY = "AUTH_MISSING_API_KEY"
@@ -56,7 +57,8 @@ ERROR_TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INPUT_EMPTY: (400, "invalid_request_error"),
     ErrorCode.INPUT_TOKEN_LIMIT_EXCEEDED: (400, "invalid_request_error"),
     ErrorCode.INPUT_UNSUPPORTED_TASK: (400, "invalid_request_error"),
-    ErrorCode.INPUT_INVALID_DIMENSIONS: (400, "invalid_request_error"),
+    ErrorCode.INPUT_INVALID_IMAGE: (400, "invalid_request_error"),
+    ErrorCode.INPUT_UNSUPPORTED_MODALITY: (400, "invalid_request_error"),
     ErrorCode.INPUT_BODY_TOO_LARGE: (413, "invalid_request_error"),
     ErrorCode.INPUT_UNSUPPORTED_MEDIA_TYPE: (415, "invalid_request_error"),
     ErrorCode.AUTH_MISSING_API_KEY: (401, "invalid_request_error"),

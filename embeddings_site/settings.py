@@ -267,3 +267,13 @@ IP_RATE_LIMIT_LOGIN = env_str("IP_RATE_LIMIT_LOGIN", "20/m")
 # Behind a proxy, name the header that carries the client address (e.g. HTTP_X_FORWARDED_FOR).
 if env_str("RATELIMIT_IP_META_KEY"):
     RATELIMIT_IP_META_KEY = env_str("RATELIMIT_IP_META_KEY")
+
+# --- Images ------------------------------------------------------------------------------
+IMAGE_MAX_BYTES = env_int("IMAGE_MAX_BYTES", 8 * 1024 * 1024)
+IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 40_000_000)
+IMAGE_FETCH_CONNECT_TIMEOUT = float(env_str("IMAGE_FETCH_CONNECT_TIMEOUT", "3"))
+IMAGE_FETCH_READ_TIMEOUT = float(env_str("IMAGE_FETCH_READ_TIMEOUT", "5"))
+IMAGE_FETCH_DEADLINE = float(env_str("IMAGE_FETCH_DEADLINE", "10"))
+# host:port pairs fetched even when they resolve to a non-public address. Empty in production;
+# the tests name their local image server here and nothing else.
+IMAGE_FETCH_ALLOWED_HOSTS: list[str] = env_list("IMAGE_FETCH_ALLOWED_HOSTS", [])

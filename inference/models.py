@@ -32,6 +32,7 @@ class EmbeddingModel(models.Model):
 
     class Backend(models.TextChoices):
         CPU = "cpu", "In-process CPU (transformers)"
+        CLIP = "clip", "In-process CPU CLIP (transformers, text and images)"
 
     class Pooling(models.TextChoices):
         MEAN = "mean", "Mean of token vectors"
@@ -55,6 +56,14 @@ class EmbeddingModel(models.Model):
     tasks = models.JSONField(default=dict, blank=True, validators=[_validate_tasks])
     default_task = models.CharField(max_length=50, blank=True)
     modalities = models.JSONField(default=_default_modalities, validators=[_validate_modalities])
+    image_tile_size = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Image models: tile edge in pixels (jina-clip-v2: 512)."
+    )
+    tokens_per_tile = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Image models: tokens billed per tile (jina-clip-v2: 4000).",
+    )
     price_per_million_tokens = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal("0.05"), help_text="USD per 1M tokens."
     )
@@ -73,3 +82,9 @@ class EmbeddingModel(models.Model):
             raise ValidationError(
                 {"default_task": "The default task must be one of the model's tasks."}
             )
+        if self.accepts_images and not (self.image_tile_size and self.tokens_per_tile):
+            raise ValidationError("An image model needs a tile size and tokens per tile.")
+
+    @property
+    def accepts_images(self) -> bool:
+        return "image" in (self.modalities or [])

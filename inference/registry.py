@@ -12,6 +12,7 @@ from pathlib import Path
 from django.conf import settings
 
 from inference.backends.base import BackendHealth, EmbeddingBackend
+from inference.backends.clip import ClipCpuBackend
 from inference.backends.cpu import TransformersCpuBackend
 from inference.models import EmbeddingModel
 from inference.tokens import TextTokenizer
@@ -38,6 +39,8 @@ def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
         return TransformersCpuBackend(
             model_dir=directory, pooling=model.pooling, num_threads=settings.TORCH_NUM_THREADS
         )
+    if model.backend == EmbeddingModel.Backend.CLIP:
+        return ClipCpuBackend(model_dir=directory, num_threads=settings.TORCH_NUM_THREADS)
     raise ValueError(f"unknown backend {model.backend!r}")
 
 

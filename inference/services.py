@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -13,8 +13,17 @@ from embeddings_site.errors import ApiError, ErrorCode
 from inference import encodings
 from inference.backends.base import BackendError, BackendTimeout, EmbedItem
 from inference.catalog import DEFAULT_MODELS
+from inference.image_tiles import (
+    ImageHeader,
+    ImageInputError,
+    decode_rgb,
+    image_bytes,
+    is_data_uri,
+    read_header,
+    tile_tokens,
+)
 from inference.models import EmbeddingModel
-from inference.protocol import EmbeddingRequest, ImageInput, TextInput, TokenInput
+from inference.protocol import EmbeddingInput, EmbeddingRequest, ImageInput, TextInput, TokenInput
 from inference.registry import ModelRuntime, runtimes
 from inference.selectors import embedding_model_get, embedding_model_list
 from inference.tokens import EmptyInput, InputTooLong
@@ -24,16 +33,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CountedRequest:
-    """A request turned into model inputs, with the tokens it will cost."""
+    """A request turned into model inputs, with the tokens it will cost.
+
+    Image items hold no pixels yet: their headers (size, format) are in `images`, by item
+    index, and are decoded only after the request is admitted and charged.
+    """
 
     model: EmbeddingModel
     runtime: ModelRuntime
     items: list[EmbedItem]
-    prompt_tokens: int
+    text_tokens: int
+    image_tokens: int = 0
+    images: dict[int, ImageHeader] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens
+        return self.text_tokens + self.image_tokens
 
 
 def embedding_model_resolve(*, name: str | None) -> EmbeddingModel:
@@ -80,36 +95,70 @@ def _token_limit_error(
 
 
 def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
-    """Resolve the model and tokenize: the exact token count the request will be charged."""
+    """Resolve the model, tokenize texts and size images: the exact tokens to be charged."""
     model = embedding_model_resolve(name=request.model)
-    if (
-        any(isinstance(item, ImageInput) for item in request.inputs)
-        and "image" not in model.modalities
-    ):
-        raise ApiError(
-            ErrorCode.INPUT_VALIDATION_ERROR,
-            f"{model.name} embeds text only; send image inputs to an image model.",
-            param="input",
-        )
+    inputs = _with_modalities(request, model)
     prefix = _task_prefix(model, request.task)
     runtime = _runtime(model)
     try:
         if request.late_chunking:
             items = _late_chunk_items(request, model, runtime, prefix)
         else:
-            items = _items(request, model, runtime, prefix)
+            items = _items(replace(request, inputs=inputs), model, runtime, prefix)
     except InputTooLong as exc:
         raise _token_limit_error(model, exc, late_chunking=request.late_chunking) from exc
     except EmptyInput as exc:
         raise ApiError(
             ErrorCode.INPUT_EMPTY, f"input[{exc.index}] has no tokens to embed.", param="input"
         ) from exc
+    images = {
+        index: _image_header(item, index)
+        for index, item in enumerate(inputs)
+        if isinstance(item, ImageInput) and not request.late_chunking
+    }
+    image_tokens = sum(
+        tile_tokens(
+            width=header.width,
+            height=header.height,
+            tile_size=model.image_tile_size or 1,
+            tokens_per_tile=model.tokens_per_tile or 0,
+        )
+        for header in images.values()
+    )
     return CountedRequest(
         model=model,
         runtime=runtime,
         items=items,
-        prompt_tokens=sum(len(item.token_ids) for item in items),
+        text_tokens=sum(len(item.token_ids) for item in items),
+        image_tokens=image_tokens,
+        images=images,
     )
+
+
+def _with_modalities(request: EmbeddingRequest, model: EmbeddingModel) -> list[EmbeddingInput]:
+    """Check images against the model; on an image model a bare data-URI string is an image
+    (Haystack's image embedder sends them so)."""
+    if not model.accepts_images:
+        if any(isinstance(item, ImageInput) for item in request.inputs):
+            raise ApiError(
+                ErrorCode.INPUT_UNSUPPORTED_MODALITY,
+                f"{model.name} embeds text only; send image inputs to an image model.",
+                param="input",
+            )
+        return request.inputs
+    return [
+        ImageInput(item.text) if isinstance(item, TextInput) and is_data_uri(item.text) else item
+        for item in request.inputs
+    ]
+
+
+def _image_header(item: ImageInput, index: int) -> ImageHeader:
+    try:
+        return read_header(image_bytes(item.source))
+    except ImageInputError as exc:
+        raise ApiError(
+            ErrorCode.INPUT_INVALID_IMAGE, f"input[{index}]: {exc}", param="input"
+        ) from exc
 
 
 def _items(
@@ -130,7 +179,9 @@ def _items(
     by_index = {index: ids for (index, _), ids in zip(texts, encoded, strict=True)}
     items: list[EmbedItem] = []
     for index, item in enumerate(request.inputs):
-        if isinstance(item, TokenInput):
+        if isinstance(item, ImageInput):
+            items.append(EmbedItem(token_ids=[]))
+        elif isinstance(item, TokenInput):
             items.append(
                 EmbedItem(token_ids=_checked_token_ids(item, index, model, runtime, request))
             )
@@ -189,11 +240,24 @@ def _runtime(model: EmbeddingModel) -> ModelRuntime:
         ) from exc
 
 
+def _with_pixels(counted: CountedRequest) -> list[EmbedItem]:
+    items = list(counted.items)
+    for index, header in counted.images.items():
+        try:
+            items[index] = replace(items[index], image=decode_rgb(header))
+        except ImageInputError as exc:
+            raise ApiError(
+                ErrorCode.INPUT_INVALID_IMAGE, f"input[{index}]: {exc}", param="input"
+            ) from exc
+    return items
+
+
 def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> dict[str, Any]:
     """Run the backend and build the response body (vectors encoded as asked)."""
     model = counted.model
+    items = _with_pixels(counted)
     try:
-        vectors = counted.runtime.backend.embed(counted.items)
+        vectors = counted.runtime.backend.embed(items)
     except BackendTimeout as exc:
         raise ApiError(
             ErrorCode.SERVICE_TIMEOUT, f"The model did not answer in time: {exc}"
@@ -208,7 +272,12 @@ def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> d
         vectors, dimensions=request.dimensions, normalized=request.normalized
     )
     encoded = encodings.encode_all(vectors, request.embedding_types)
-    usage = {"prompt_tokens": counted.prompt_tokens, "total_tokens": counted.total_tokens}
+    usage: dict[str, int] = {
+        "prompt_tokens": counted.total_tokens,
+        "total_tokens": counted.total_tokens,
+    }
+    if model.accepts_images:
+        usage["image_tokens"] = counted.image_tokens
     return {
         "object": "list",
         "model": model.name,
@@ -223,7 +292,11 @@ def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> d
 def embeddings_create(*, meter: Meter, request: EmbeddingRequest) -> dict[str, Any]:
     """Count, admit and debit, embed, settle: the response body of one request."""
     counted = embedding_request_count(request=request)
-    meter.admit(model=counted.model.name, text_tokens=counted.prompt_tokens)
+    meter.admit(
+        model=counted.model.name,
+        text_tokens=counted.text_tokens,
+        image_tokens=counted.image_tokens,
+    )
     body = embeddings_infer(counted=counted, request=request)
     meter.succeed()
     return body

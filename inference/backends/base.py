@@ -5,13 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class EmbedItem:
-    """One model input: token ids as the model will see them (special tokens included).
+    """One model input: token ids as the model will see them (special tokens included), or an
+    image (decoded RGB pixels, set just before inference).
 
     With `spans` (late chunking) the backend pools each span separately and returns one row
     per span instead of one for the whole sequence.
@@ -19,6 +21,7 @@ class EmbedItem:
 
     token_ids: list[int]
     spans: list[tuple[int, int]] | None = None
+    image: Any = None
 
     @property
     def output_rows(self) -> int:

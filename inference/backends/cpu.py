@@ -62,6 +62,8 @@ class TransformersCpuBackend(EmbeddingBackend):
     def embed(self, items: Sequence[EmbedItem]) -> np.ndarray:
         if self._model is None:
             raise BackendError("model not loaded")
+        if any(item.image is not None for item in items):
+            raise BackendError("this backend embeds text only")
         per_item: list[np.ndarray | None] = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids))
         for batch in self._batches(order, items):
