@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
 from billing.metering import Meter
 from embeddings_site.errors import ApiError, ErrorCode
@@ -310,3 +311,17 @@ def embedding_model_register_defaults() -> list[EmbeddingModel]:
         if was_created:
             created.append(model)
     return created
+
+
+@transaction.atomic
+def embedding_model_register(*, name: str, fields: dict[str, Any]) -> tuple[EmbeddingModel, bool]:
+    """Create or update a registry entry, validated as the admin would validate it."""
+    model = EmbeddingModel.objects.filter(name=name).first()
+    created = model is None
+    if model is None:
+        model = EmbeddingModel(name=name)
+    for field_name, value in fields.items():
+        setattr(model, field_name, value)
+    model.full_clean()
+    model.save()
+    return model, created

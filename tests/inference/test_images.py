@@ -176,3 +176,61 @@ def test_image_models_are_listed_with_their_modalities(client, clip_models) -> N
     models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
     assert models["tiny-clip-v2"]["input_modalities"] == ["text", "image"]
     assert models["all-MiniLM-L6-v2"]["input_modalities"] == ["text"]
+
+
+def test_registering_an_image_model_from_the_command_line(embed, clip_dir, db) -> None:
+    """The README's recipe: register a CLIP checkpoint directory, then embed an image with it."""
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="tile size"):
+        call_command(
+            "register_model",
+            "--name",
+            "my-clip",
+            "--backend",
+            "clip",
+            "--source",
+            clip_dir,
+            "--dimensions",
+            "16",
+            "--max-tokens",
+            "77",
+            "--modalities",
+            "text,image",
+            stdout=StringIO(),
+        )
+    out = StringIO()
+    call_command(
+        "register_model",
+        "--name",
+        "my-clip",
+        "--backend",
+        "clip",
+        "--source",
+        clip_dir,
+        "--dimensions",
+        "16",
+        "--max-tokens",
+        "77",
+        "--modalities",
+        "text,image",
+        "--tile-size",
+        "512",
+        "--tokens-per-tile",
+        "4000",
+        "--task",
+        "retrieval.query=",
+        stdout=out,
+    )
+    assert "Registered my-clip" in out.getvalue()
+    response = embed(
+        {
+            "model": "my-clip",
+            "input": [{"image": b64(image_bytes(600, 100))}],
+            "task": "retrieval.query",
+        }
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["usage"]["image_tokens"] == 2 * 4000
