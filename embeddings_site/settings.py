@@ -277,3 +277,15 @@ IMAGE_FETCH_DEADLINE = float(env_str("IMAGE_FETCH_DEADLINE", "10"))
 # host:port pairs fetched even when they resolve to a non-public address. Empty in production;
 # the tests name their local image server here and nothing else.
 IMAGE_FETCH_ALLOWED_HOSTS: list[str] = env_list("IMAGE_FETCH_ALLOWED_HOSTS", [])
+
+# --- vLLM workers ------------------------------------------------------------------------
+# Shared secret the worker launcher presents to register and heartbeat; unset disables it.
+WORKER_TOKEN = env_str("WORKER_TOKEN")
+# A launcher worker without a heartbeat for this long is out of the pool.
+WORKER_HEARTBEAT_TTL_SECONDS = env_int("WORKER_HEARTBEAT_TTL_SECONDS", 30)
+WORKER_REQUEST_TIMEOUT_SECONDS = float(env_str("WORKER_REQUEST_TIMEOUT_SECONDS", "30"))
+WORKER_CONNECT_TIMEOUT_SECONDS = float(env_str("WORKER_CONNECT_TIMEOUT_SECONDS", "2"))
+WORKER_HEALTH_INTERVAL_SECONDS = float(env_str("WORKER_HEALTH_INTERVAL_SECONDS", "2"))
+# Circuit breaker: this many failures in a row take a worker out for WORKER_BREAKER_SECONDS.
+WORKER_BREAKER_FAILURES = env_int("WORKER_BREAKER_FAILURES", 2)
+WORKER_BREAKER_SECONDS = float(env_str("WORKER_BREAKER_SECONDS", "5"))

@@ -5,6 +5,7 @@ from django_ratelimit.decorators import ratelimit
 
 from inference import health
 from inference.views import EmbeddingCreateApi, ModelDetailApi, ModelListApi
+from inference.worker_api import WorkerHeartbeatApi
 
 # Sign-in forms are limited per client IP.
 admin.site.login = ratelimit(  # type: ignore[method-assign]
@@ -16,6 +17,7 @@ urlpatterns = [
     re_path(r"^v1/embeddings/?$", EmbeddingCreateApi.as_view(), name="embeddings-create"),
     re_path(r"^v1/models/?$", ModelListApi.as_view(), name="models-list"),
     re_path(r"^v1/models/(?P<model_id>.+?)/?$", ModelDetailApi.as_view(), name="models-detail"),
+    path("internal/workers", WorkerHeartbeatApi.as_view(), name="workers-heartbeat"),
     path("health", health.health, name="health"),
     path("live", health.live, name="live"),
     path("ready", health.ready, name="ready"),

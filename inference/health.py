@@ -38,6 +38,9 @@ def ready(request: HttpRequest) -> HttpResponse:
     for model in models:
         status = runtimes.status(model)
         model_states[model.name] = {"state": status.state, "detail": status.detail}
+        workers_status = getattr(runtimes.loaded_backend(model), "workers_status", None)
+        if workers_status is not None:
+            model_states[model.name]["workers"] = workers_status()
         if status.state == "not loaded":
             unloaded.append(model)
     if unloaded:

@@ -33,6 +33,7 @@ class EmbeddingModel(models.Model):
     class Backend(models.TextChoices):
         CPU = "cpu", "In-process CPU (transformers)"
         CLIP = "clip", "In-process CPU CLIP (transformers, text and images)"
+        VLLM = "vllm", "vLLM workers (OpenAI-compatible embedding servers)"
 
     class Pooling(models.TextChoices):
         MEAN = "mean", "Mean of token vectors"
@@ -88,3 +89,48 @@ class EmbeddingModel(models.Model):
     @property
     def accepts_images(self) -> bool:
         return "image" in (self.modalities or [])
+
+
+class Worker(models.Model):
+    """An OpenAI-compatible embedding server (a vLLM worker) that serves one registry model.
+
+    Launcher workers register themselves and heartbeat; they count only while their heartbeat
+    is fresh. Operator workers (an existing vLLM or TEI, added in the admin or by CLI) count
+    while enabled. Either way the gateway checks their health itself.
+    """
+
+    class Source(models.TextChoices):
+        LAUNCHER = "launcher", "Registered by run_worker (heartbeats)"
+        OPERATOR = "operator", "Registered by an operator"
+
+    model = models.ForeignKey(EmbeddingModel, on_delete=models.CASCADE, related_name="workers")
+    url = models.URLField(help_text="Base URL, e.g. http://gpu-1.internal:8001")
+    served_model_name = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="`model` to send to the worker (default: the registry name).",
+    )
+    accepts_token_ids = models.BooleanField(
+        default=True,
+        help_text="Send token ids (vLLM) so the worker does not tokenize again; off for servers that take text only.",
+    )
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.OPERATOR)
+    enabled = models.BooleanField(default=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    health_state = models.CharField(max_length=20, default="unknown")
+    health_detail = models.CharField(max_length=255, blank=True)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model__name", "url"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "url"], name="worker_unique_url_per_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} @ {self.url}"
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model.name

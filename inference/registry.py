@@ -14,6 +14,7 @@ from django.conf import settings
 from inference.backends.base import BackendHealth, EmbeddingBackend
 from inference.backends.clip import ClipCpuBackend
 from inference.backends.cpu import TransformersCpuBackend
+from inference.backends.vllm import VllmBackend
 from inference.models import EmbeddingModel
 from inference.tokens import TextTokenizer
 
@@ -41,6 +42,8 @@ def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
         )
     if model.backend == EmbeddingModel.Backend.CLIP:
         return ClipCpuBackend(model_dir=directory, num_threads=settings.TORCH_NUM_THREADS)
+    if model.backend == EmbeddingModel.Backend.VLLM:
+        return VllmBackend(model_name=model.name)
     raise ValueError(f"unknown backend {model.backend!r}")
 
 
@@ -116,6 +119,13 @@ class RuntimeRegistry:
         if model.name in self._failures:
             return RuntimeStatus("failed", self._failures[model.name])
         return RuntimeStatus("not loaded", "not loaded")
+
+    def loaded_backend(self, model: EmbeddingModel) -> EmbeddingBackend | None:
+        """The backend of a model already loaded in this process, if any."""
+        cached = self._runtimes.get(model.name)
+        if cached is not None and cached[0] == load_signature(model):
+            return cached[1].backend
+        return None
 
     def warm(self, models: list[EmbeddingModel]) -> threading.Thread:
         """Load models in a background thread (server start, readiness probe)."""

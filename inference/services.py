@@ -101,6 +101,12 @@ def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
     inputs = _with_modalities(request, model)
     prefix = _task_prefix(model, request.task)
     runtime = _runtime(model)
+    if request.late_chunking and not runtime.backend.supports_late_chunking:
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            f"late_chunking is not available for {model.name}: its backend gives no token-level output.",
+            param="late_chunking",
+        )
     try:
         if request.late_chunking:
             items = _late_chunk_items(request, model, runtime, prefix)
@@ -177,7 +183,7 @@ def _items(
         if texts
         else []
     )
-    by_index = {index: ids for (index, _), ids in zip(texts, encoded, strict=True)}
+    by_index = {index: (ids, text) for (index, text), ids in zip(texts, encoded, strict=True)}
     items: list[EmbedItem] = []
     for index, item in enumerate(request.inputs):
         if isinstance(item, ImageInput):
@@ -187,7 +193,8 @@ def _items(
                 EmbedItem(token_ids=_checked_token_ids(item, index, model, runtime, request))
             )
         else:
-            items.append(EmbedItem(token_ids=by_index[index]))
+            ids, text = by_index[index]
+            items.append(EmbedItem(token_ids=ids, text=text))
     return items
 
 

@@ -22,6 +22,7 @@ class EmbedItem:
     token_ids: list[int]
     spans: list[tuple[int, int]] | None = None
     image: Any = None
+    text: str | None = None  # the (prefixed) text, for workers that tokenize themselves
 
     @property
     def output_rows(self) -> int:
@@ -44,6 +45,9 @@ class BackendTimeout(BackendError):
 
 class EmbeddingBackend(ABC):
     """Turns token ids into pooled, unnormalised float32 vectors."""
+
+    # Late chunking needs token-level outputs, which not every backend can give.
+    supports_late_chunking = True
 
     @abstractmethod
     def load(self) -> None:

@@ -16,6 +16,8 @@ from inference.backends.cpu import _import_torch
 class ClipCpuBackend(EmbeddingBackend):
     """A transformers CLIPModel from a local directory (config, weights, preprocessor_config)."""
 
+    supports_late_chunking = False
+
     def __init__(self, *, model_dir: Path, num_threads: int = 0, max_batch: int = 32) -> None:
         self.model_dir = model_dir
         self.num_threads = num_threads

@@ -1,0 +1,312 @@
+"""The GPU path: a pool of vLLM workers (any OpenAI-compatible embedding server) over HTTP.
+
+The gateway has already tokenized (it must count), so it sends token ids and the worker does
+not tokenize again; vectors come back as base64 float32. Each process keeps, per model:
+least-outstanding-requests choice among available workers, an active health check, and a
+circuit breaker. An embedding request is idempotent, so a failed one is retried once on
+another worker; a timeout is not retried (it would double the wait) and becomes a 504.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import numpy as np
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Q
+from django.utils import timezone
+
+from inference.backends.base import (
+    BackendError,
+    BackendHealth,
+    BackendTimeout,
+    EmbeddingBackend,
+    EmbedItem,
+)
+
+logger = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 2.0
+
+
+@dataclass
+class WorkerState:
+    """One worker as this process sees it."""
+
+    worker_id: int
+    url: str
+    served_name: str
+    accepts_token_ids: bool
+    outstanding: int = 0
+    consecutive_failures: int = 0
+    open_until: float = 0.0
+    healthy: bool = True
+    detail: str = "not checked yet"
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.open_until
+
+    def status(self, now: float) -> str:
+        if not self.healthy:
+            return "unhealthy"
+        if now < self.open_until:
+            return "circuit open"
+        return "healthy"
+
+
+class WorkerPool:
+    """The workers of one model: which to call next, and which to leave alone for now."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self._workers: dict[str, WorkerState] = {}
+        self._lock = threading.Lock()
+        self._refreshed = 0.0
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the registered workers (at most every REFRESH_SECONDS)."""
+        now = time.monotonic()
+        if not force and now - self._refreshed < REFRESH_SECONDS:
+            return
+        self._refreshed = now
+        from inference.models import Worker
+
+        fresh_after = timezone.now() - timedelta(seconds=settings.WORKER_HEARTBEAT_TTL_SECONDS)
+        rows = list(
+            Worker.objects.select_related("model")
+            .filter(model__name=self.model_name, enabled=True)
+            .filter(Q(source=Worker.Source.OPERATOR) | Q(last_heartbeat_at__gte=fresh_after))
+        )
+        with self._lock:
+            current = {}
+            for row in rows:
+                state = self._workers.get(row.url) or WorkerState(
+                    worker_id=row.pk,
+                    url=row.url.rstrip("/"),
+                    served_name=row.served_name,
+                    accepts_token_ids=row.accepts_token_ids,
+                )
+                state.served_name, state.accepts_token_ids = row.served_name, row.accepts_token_ids
+                current[row.url] = state
+            self._workers = current
+
+    def snapshot(self) -> list[WorkerState]:
+        with self._lock:
+            return list(self._workers.values())
+
+    def acquire(self, exclude: set[str]) -> WorkerState | None:
+        """The available worker with the fewest requests in flight (None when there is none)."""
+        now = time.monotonic()
+        with self._lock:
+            candidates = [
+                w for w in self._workers.values() if w.url not in exclude and w.available(now)
+            ]
+            if not candidates:
+                return None
+            worker = min(candidates, key=lambda w: w.outstanding)
+            worker.outstanding += 1
+            return worker
+
+    def release(self, worker: WorkerState, *, failed: bool) -> None:
+        with self._lock:
+            worker.outstanding -= 1
+            if not failed:
+                worker.consecutive_failures = 0
+                return
+            worker.consecutive_failures += 1
+            if worker.consecutive_failures >= settings.WORKER_BREAKER_FAILURES:
+                worker.open_until = time.monotonic() + settings.WORKER_BREAKER_SECONDS
+                logger.warning(
+                    "Worker %s: circuit open after %d failures",
+                    worker.url,
+                    worker.consecutive_failures,
+                )
+
+
+class _WorkerFailed(Exception):
+    pass
+
+
+class VllmBackend(EmbeddingBackend):
+    """Embeds through the model's registered workers."""
+
+    supports_late_chunking = False
+
+    def __init__(self, *, model_name: str) -> None:
+        self.model_name = model_name
+        self.pool = WorkerPool(model_name)
+        self._client: httpx.Client | None = None
+        self._checker: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def load(self) -> None:
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(
+                settings.WORKER_REQUEST_TIMEOUT_SECONDS,
+                connect=settings.WORKER_CONNECT_TIMEOUT_SECONDS,
+            ),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self.pool.refresh(force=True)
+        self.check_health()
+        self._checker = threading.Thread(
+            target=self._check_forever, name=f"health-{self.model_name}", daemon=True
+        )
+        self._checker.start()
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            raise BackendError("backend not loaded")
+        return self._client
+
+    def health(self) -> BackendHealth:
+        now = time.monotonic()
+        workers = self.pool.snapshot()
+        available = [w for w in workers if w.available(now)]
+        detail = f"{len(available)}/{len(workers)} workers available"
+        return BackendHealth(ok=bool(available), detail=detail)
+
+    def workers_status(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [
+            {"url": w.url, "state": w.status(now), "outstanding": w.outstanding, "detail": w.detail}
+            for w in self.pool.snapshot()
+        ]
+
+    # --- health ------------------------------------------------------------------------
+
+    def _check_forever(self) -> None:
+        while not self._stopped.wait(settings.WORKER_HEALTH_INTERVAL_SECONDS):
+            try:
+                self.pool.refresh(force=True)
+                self.check_health()
+            except Exception:
+                logger.exception("Health check of %s workers failed", self.model_name)
+            finally:
+                close_old_connections()
+
+    def check_health(self) -> None:
+        """GET /health on each worker; record changes on the Worker rows for the admin."""
+        client = self._http()
+        from inference.models import Worker
+
+        for worker in self.pool.snapshot():
+            try:
+                response = client.get(f"{worker.url}/health", timeout=1.5)
+                healthy, detail = response.status_code == 200, f"/health {response.status_code}"
+            except httpx.HTTPError as exc:
+                healthy, detail = False, type(exc).__name__
+            changed = healthy != worker.healthy or detail != worker.detail
+            worker.healthy, worker.detail = healthy, detail
+            if healthy and time.monotonic() >= worker.open_until:
+                worker.consecutive_failures = 0
+            if changed:
+                Worker.objects.filter(pk=worker.worker_id).update(
+                    health_state="healthy" if healthy else "unhealthy",
+                    health_detail=detail[:255],
+                    health_checked_at=timezone.now(),
+                )
+
+    # --- embedding ---------------------------------------------------------------------
+
+    def embed(self, items: Sequence[EmbedItem]) -> np.ndarray:
+        if any(item.spans is not None for item in items):
+            raise BackendError("late chunking is not available on vLLM workers")
+        self.pool.refresh()
+        rows: list[np.ndarray | None] = [None] * len(items)
+        texts = [i for i, item in enumerate(items) if item.image is None]
+        if texts:
+            vectors = self._call(
+                lambda worker: self._text_payload(worker, [items[i] for i in texts])
+            )
+            for index, vector in zip(texts, vectors, strict=True):
+                rows[index] = vector
+        for index, item in enumerate(items):
+            if item.image is not None:
+                rows[index] = self._call(
+                    lambda worker, image=item.image: self._image_payload(worker, image)
+                )[0]
+        return np.stack([row for row in rows if row is not None]).astype(np.float32)
+
+    def _text_payload(self, worker: WorkerState, items: list[EmbedItem]) -> dict[str, Any]:
+        if worker.accepts_token_ids:
+            inputs: list[Any] = [item.token_ids for item in items]
+        else:
+            inputs = [item.text if item.text is not None else item.token_ids for item in items]
+        # Raw pooled vectors: normalisation and Matryoshka truncation happen in the gateway.
+        return {
+            "model": worker.served_name,
+            "input": inputs,
+            "encoding_format": "base64",
+            "normalize": False,
+        }
+
+    def _image_payload(self, worker: WorkerState, image: Any) -> dict[str, Any]:
+        import io
+
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+        return {
+            "model": worker.served_name,
+            "messages": [message],
+            "encoding_format": "base64",
+            "normalize": False,
+        }
+
+    def _call(self, make_payload: Any) -> list[np.ndarray]:
+        """POST to the least-loaded worker; on failure once more to another one."""
+        tried: set[str] = set()
+        last_error = "no healthy worker"
+        for _attempt in range(2):
+            worker = self.pool.acquire(tried)
+            if worker is None:
+                break
+            tried.add(worker.url)
+            failed = True
+            try:
+                vectors = self._post(worker, make_payload(worker))
+                failed = False
+                return vectors
+            except _WorkerFailed as exc:
+                last_error = f"{worker.url}: {exc}"
+                logger.warning("Worker %s failed: %s", worker.url, exc)
+            finally:
+                self.pool.release(worker, failed=failed)
+        raise BackendError(f"no worker of {self.model_name} could serve the request ({last_error})")
+
+    def _post(self, worker: WorkerState, payload: dict[str, Any]) -> list[np.ndarray]:
+        try:
+            response = self._http().post(f"{worker.url}/v1/embeddings", json=payload)
+        except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
+            # Not retried: another worker would only double the client's wait.
+            raise BackendTimeout(
+                f"worker {worker.url} did not answer within {settings.WORKER_REQUEST_TIMEOUT_SECONDS:g} s"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise _WorkerFailed(type(exc).__name__) from exc
+        if response.status_code >= 500:
+            raise _WorkerFailed(f"HTTP {response.status_code}")
+        if response.status_code != 200:
+            # The worker refused the input itself; another worker would refuse it too.
+            raise BackendError(
+                f"worker refused the request: HTTP {response.status_code} {response.text[:200]}"
+            )
+        data = sorted(response.json()["data"], key=lambda item: item["index"])
+        return [_decode(item["embedding"]) for item in data]
+
+
+def _decode(embedding: Any) -> np.ndarray:
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return np.asarray(embedding, dtype=np.float32)
