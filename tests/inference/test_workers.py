@@ -168,9 +168,10 @@ checkpoint_name = "qwen3-embedding-8b"
         "/models/qwen3-embedding-8b",
         "--runner",
     ]
-    assert command[
-        command.index("--max-model-len") : command.index("--max-model-len") + 2
-    ] == ["--max-model-len", "2048"]
+    assert command[command.index("--max-model-len") : command.index("--max-model-len") + 2] == [
+        "--max-model-len",
+        "2048",
+    ]
     assert command[-2:] == ["--dtype", "float32"]
     path.write_text("[generator]\ntype = 'vllm'\n")
     with pytest.raises(WorkerConfigError, match="model_path"):
