@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from inference.backends.base import BackendError, BackendHealth, EmbeddingBackend, EmbedItem
-from inference.backends.cpu import _import_torch
+from inference.backends.cpu import _import_torch, padded_batch
 
 
 class ClipCpuBackend(EmbeddingBackend):
@@ -67,12 +67,7 @@ class ClipCpuBackend(EmbeddingBackend):
 
     def _text(self, batch: list[EmbedItem]) -> np.ndarray:
         torch = _import_torch()
-        longest = max(len(item.token_ids) for item in batch)
-        input_ids = torch.full((len(batch), longest), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, item in enumerate(batch):
-            input_ids[row, : len(item.token_ids)] = torch.tensor(item.token_ids, dtype=torch.long)
-            mask[row, : len(item.token_ids)] = 1
+        input_ids, mask = padded_batch(batch, self._pad_id)
         with self._lock, torch.inference_mode():
             try:
                 output = self._model.get_text_features(input_ids=input_ids, attention_mask=mask)

@@ -22,6 +22,18 @@ def _import_torch() -> Any:
     return torch
 
 
+def padded_batch(batch: Sequence[EmbedItem], pad_id: int) -> tuple[Any, Any]:
+    """Token ids right-padded to the longest item, and the attention mask that says where."""
+    torch = _import_torch()
+    longest = max(len(item.token_ids) for item in batch)
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, item in enumerate(batch):
+        input_ids[row, : len(item.token_ids)] = torch.tensor(item.token_ids, dtype=torch.long)
+        mask[row, : len(item.token_ids)] = 1
+    return input_ids, mask
+
+
 class TransformersCpuBackend(EmbeddingBackend):
     """Runs a Hugging Face encoder on the CPU; batches are sorted by length to cut padding."""
 
@@ -92,12 +104,7 @@ class TransformersCpuBackend(EmbeddingBackend):
 
     def _forward(self, batch: list[EmbedItem]) -> list[np.ndarray]:
         torch = _import_torch()
-        longest = max(len(item.token_ids) for item in batch)
-        input_ids = torch.full((len(batch), longest), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, item in enumerate(batch):
-            input_ids[row, : len(item.token_ids)] = torch.tensor(item.token_ids, dtype=torch.long)
-            mask[row, : len(item.token_ids)] = 1
+        input_ids, mask = padded_batch(batch, self._pad_id)
         with self._lock, torch.inference_mode():
             try:
                 hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
