@@ -29,6 +29,27 @@ def balance_credit(*, api_key: ApiKey, tokens: int, kind: str, reference: str = 
 
 
 @transaction.atomic
+def balance_take_back(*, api_key: ApiKey, tokens: int, reference: str = "") -> int:
+    """Take up to `tokens` back from a key (its payment was refunded), never below zero.
+
+    Returns the tokens taken; the rest was already spent and is the caller's to record.
+    """
+    if tokens <= 0:
+        raise ValueError("tokens to take back must be positive")
+    balance = (
+        ApiKey.objects.select_for_update().values_list("balance", flat=True).get(pk=api_key.pk)
+    )
+    taken = min(tokens, balance)
+    if taken <= 0:
+        return 0
+    ApiKey.objects.filter(pk=api_key.pk).update(balance=F("balance") - taken)
+    LedgerEntry.objects.create(
+        api_key=api_key, kind=LedgerEntry.Kind.PAYMENT_REFUND, tokens=-taken, reference=reference
+    )
+    return taken
+
+
+@transaction.atomic
 def usage_admit(
     *,
     api_key: ApiKey,

@@ -36,6 +36,10 @@ class User(AbstractUser):
 
     username = None  # type: ignore[assignment]
     email = models.EmailField("e-mail address", unique=True)
+    stripe_customer_id = models.CharField(max_length=255, blank=True)
+    # The card saved for top-ups and auto-recharge (a Stripe PaymentMethod id) and its label.
+    stripe_payment_method_id = models.CharField(max_length=255, blank=True)
+    card_label = models.CharField(max_length=100, blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS = []
@@ -100,6 +104,7 @@ class LedgerEntry(models.Model):
         USAGE = "usage", "Usage debit"
         REFUND = "refund", "Refund"
         ADJUSTMENT = "adjustment", "Adjustment"
+        PAYMENT_REFUND = "payment_refund", "Payment refunded"
 
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="ledger_entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -189,3 +194,103 @@ class UsageDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model}: {self.requests} requests, {self.charged_tokens} tokens"
+
+
+class Payment(models.Model):
+    """A purchase of a token pack for a key: a top-up on the page, or an auto-recharge."""
+
+    class Kind(models.TextChoices):
+        TOPUP = "topup", "Top-up"
+        AUTO_RECHARGE = "auto_recharge", "Auto-recharge"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        REQUIRES_ACTION = "requires_action", "Needs authentication"
+        SUCCEEDED = "succeeded", "Paid"
+        FAILED = "failed", "Failed"
+        REFUNDED = "refunded", "Refunded"
+        PARTIALLY_REFUNDED = "partially_refunded", "Partially refunded"
+
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="payments")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="payments")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.TOPUP)
+    pack_id = models.CharField(max_length=50)
+    tokens = models.BigIntegerField()
+    amount = models.PositiveIntegerField(help_text="In the currency's minor unit (cents).")
+    currency = models.CharField(max_length=10)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    # Sent to Stripe with the charge: a retry of the same purchase can never charge twice.
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    stripe_payment_intent_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    stripe_charge_id = models.CharField(max_length=255, blank=True)
+    receipt_url = models.URLField(max_length=500, blank=True)
+    credited_tokens = models.BigIntegerField(default=0)
+    refunded_tokens = models.BigIntegerField(default=0, help_text="Taken back from the balance.")
+    refund_shortfall_tokens = models.BigIntegerField(
+        default=0, help_text="Refunded but already spent: could not be taken back."
+    )
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.pack_id} {self.status} ({self.stripe_payment_intent_id})"
+
+
+class AutoRecharge(models.Model):
+    """A key's auto-recharge: when a debit takes the balance under the threshold, buy a pack."""
+
+    api_key = models.OneToOneField(ApiKey, on_delete=models.CASCADE, related_name="auto_recharge")
+    enabled = models.BooleanField(default=False)
+    threshold_tokens = models.BigIntegerField(default=1_000_000)
+    pack_id = models.CharField(
+        max_length=50, blank=True, help_text="Default: the last top-up's pack."
+    )
+    monthly_cap_amount = models.PositiveIntegerField(
+        default=100_000,
+        help_text="At most this much (minor unit) auto-recharged per calendar month.",
+    )
+    # Increases each time a recharge settles; `ar:<key>:<generation>` is the idempotency key of
+    # the next charge, so every trigger before it settles collapses into that one charge.
+    generation = models.PositiveIntegerField(default=0)
+    in_flight_since = models.DateTimeField(null=True, blank=True)
+    paused_reason = models.CharField(max_length=255, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pending_payment = models.ForeignKey(
+        Payment,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="A charge waiting for the user to authenticate.",
+    )
+
+    def __str__(self) -> str:
+        return f"auto-recharge of {self.api_key_id} ({'on' if self.enabled else 'off'})"
+
+
+class StripeEvent(models.Model):
+    """Each webhook event received, once, with what became of it (audit and re-run)."""
+
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received"
+        PROCESSED = "processed", "Processed"
+        IGNORED = "ignored", "No handler"
+        FAILED = "failed", "Handler failed"
+
+    id = models.CharField(max_length=255, primary_key=True)
+    type = models.CharField(max_length=100)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RECEIVED)
+    payload = models.JSONField()
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id} ({self.status})"

@@ -110,6 +110,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "billing.notices.payment_notices",
             ],
         },
     },
@@ -289,3 +290,48 @@ WORKER_HEALTH_INTERVAL_SECONDS = float(env_str("WORKER_HEALTH_INTERVAL_SECONDS",
 # Circuit breaker: this many failures in a row take a worker out for WORKER_BREAKER_SECONDS.
 WORKER_BREAKER_FAILURES = env_int("WORKER_BREAKER_FAILURES", 2)
 WORKER_BREAKER_SECONDS = float(env_str("WORKER_BREAKER_SECONDS", "5"))
+
+# --- Payments (Stripe) ------------------------------------------------------------------
+# Without STRIPE_SECRET_KEY the top-up page explains how to configure payments; admins can
+# still grant tokens (`manage.py grant`).
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY")
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
+# Another API base (localstripe in the tests); empty means Stripe itself.
+STRIPE_API_BASE = env_str("STRIPE_API_BASE")
+STRIPE_JS_URL = env_str("STRIPE_JS_URL", "https://js.stripe.com/v3/")
+# Signed webhooks older (or newer) than this are refused.
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env_int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)
+# Token packs for sale: id, name, tokens, amount in the currency's minor unit, currency.
+TOKEN_PACKS: list[dict[str, object]] = [
+    {
+        "id": "pack-1b",
+        "name": "1 billion tokens",
+        "tokens": 1_000_000_000,
+        "amount": 5_000,
+        "currency": "usd",
+    },
+    {
+        "id": "pack-11b",
+        "name": "11 billion tokens",
+        "tokens": 11_000_000_000,
+        "amount": 50_000,
+        "currency": "usd",
+    },
+]
+if env_str("TOKEN_PACKS"):
+    TOKEN_PACKS = json.loads(env_str("TOKEN_PACKS"))
+# Where links in e-mails point.
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Embeddings <no-reply@localhost>")
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "billing"
+LOGOUT_REDIRECT_URL = "login"
