@@ -1,7 +1,18 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.http import HttpRequest
 
-from billing.models import ApiKey, LedgerEntry, UsageDaily, UsageRecord, User
+from billing.models import (
+    ApiKey,
+    AutoRecharge,
+    LedgerEntry,
+    Payment,
+    StripeEvent,
+    UsageDaily,
+    UsageRecord,
+    User,
+)
+from billing.webhooks import stripe_event_process
 
 
 @admin.register(User)
@@ -78,3 +89,53 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 class UsageDailyAdmin(ReadOnlyAdmin):
     list_display = ["day", "api_key", "model", "requests", "errors", "charged_tokens"]
     list_filter = ["model"]
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    """Every purchase, for the operator: refunds are made in Stripe and arrive by webhook."""
+
+    list_display = [
+        "created_at",
+        "user",
+        "api_key",
+        "kind",
+        "pack_id",
+        "amount",
+        "currency",
+        "status",
+        "credited_tokens",
+        "refunded_tokens",
+        "refund_shortfall_tokens",
+        "stripe_payment_intent_id",
+    ]
+    list_filter = ["status", "kind", "currency"]
+    search_fields = ["user__email", "api_key__prefix", "stripe_payment_intent_id"]
+
+
+@admin.register(AutoRecharge)
+class AutoRechargeAdmin(admin.ModelAdmin):
+    list_display = [
+        "api_key",
+        "enabled",
+        "threshold_tokens",
+        "pack_id",
+        "paused_at",
+        "paused_reason",
+    ]
+    list_filter = ["enabled"]
+    readonly_fields = ["generation", "in_flight_since", "pending_payment"]
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "type", "status", "received_at", "processed_at"]
+    list_filter = ["status", "type"]
+    search_fields = ["id"]
+    actions = ["rerun"]
+
+    @admin.action(description="Run the handler again (safe to repeat)")
+    def rerun(self, request: HttpRequest, queryset: object) -> None:
+        for event in queryset:  # type: ignore[attr-defined]
+            result = stripe_event_process(event=event)
+            self.message_user(request, f"{event.id}: {result.detail}")

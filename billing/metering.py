@@ -18,6 +18,8 @@ from django.conf import settings
 from billing.ledger import InsufficientBalance, usage_admit, usage_refund, usage_succeed
 from billing.limiter import Decision, LimiterUnavailable, Limits, format_duration, get_limiter
 from billing.models import ApiKey, UsageRecord
+from billing.payments import auto_recharge_wanted
+from billing.tasks import auto_recharge, task_enqueue
 from billing.usage import usage_record_refused
 from embeddings_site.errors import ApiError, ErrorCode
 
@@ -115,6 +117,8 @@ class Meter:
                 f"Insufficient balance: this request needs {tokens:,} tokens. "
                 "Top up this key in your dashboard.",
             ) from exc
+        if auto_recharge_wanted(api_key=self.api_key):
+            task_enqueue(auto_recharge, self.api_key.pk)
 
     def _rate_limited(self, decision: Decision, tokens: int) -> ApiError:
         limits = decision.limits

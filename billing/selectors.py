@@ -16,7 +16,7 @@ def api_key_get_active(*, key: str) -> ApiKey | None:
     if not key_is_well_formed(key):
         return None
     return (
-        ApiKey.objects.select_related("user")
+        ApiKey.objects.select_related("user", "auto_recharge")
         .filter(digest=key_digest(key), revoked_at__isnull=True, user__is_active=True)
         .first()
     )
