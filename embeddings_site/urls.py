@@ -1,16 +1,20 @@
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
+from django.views.generic import RedirectView
 from django_ratelimit.decorators import ratelimit
 
+from billing import pages as billing_pages
 from inference import health
 from inference.views import EmbeddingCreateApi, ModelDetailApi, ModelListApi
 from inference.worker_api import WorkerHeartbeatApi
 
 # Sign-in forms are limited per client IP.
-admin.site.login = ratelimit(  # type: ignore[method-assign]
+_login_limit = ratelimit(
     key="ip", rate=lambda group, request: settings.IP_RATE_LIMIT_LOGIN, method="POST", block=True
-)(admin.site.login)
+)
+admin.site.login = _login_limit(admin.site.login)  # type: ignore[method-assign]
 
 # /v1 routes take an optional trailing slash: clients differ, and a redirect would drop a POST body.
 urlpatterns = [
@@ -22,6 +26,21 @@ urlpatterns = [
     path("live", health.live, name="live"),
     path("ready", health.ready, name="ready"),
     path("admin/", admin.site.urls),
+    path("", RedirectView.as_view(pattern_name="billing"), name="home"),
+    path("accounts/login/", _login_limit(auth_views.LoginView.as_view()), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("billing/", billing_pages.billing_page, name="billing"),
+    path("billing/card/setup", billing_pages.card_setup, name="card-setup"),
+    path("billing/card/save", billing_pages.card_save, name="card-save"),
+    path("billing/topup", billing_pages.topup, name="topup"),
+    path("billing/topup/return", billing_pages.topup_return, name="topup-return"),
+    path("billing/payments/<int:pk>/", billing_pages.payment_detail, name="payment-detail"),
+    path(
+        "billing/keys/<int:key_id>/auto-recharge",
+        billing_pages.auto_recharge_save,
+        name="auto-recharge-save",
+    ),
+    path("billing/stripe/webhook", billing_pages.stripe_webhook, name="stripe-webhook"),
 ]
 
 handler400 = "embeddings_site.errors.handler400"

@@ -1,0 +1,195 @@
+"""The billing pages: top-up with a saved card, auto-recharge settings, payments, and the Stripe
+webhook endpoint. Views parse and render; billing.payments does the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from billing import payments, stripe_api, webhooks
+from billing.models import ApiKey, Payment, User
+from billing.selectors import api_key_list
+
+
+def _user(request: HttpRequest) -> User:
+    user = request.user
+    if not isinstance(user, User):  # login_required runs first; this keeps the type honest
+        raise Http404
+    return user
+
+
+def _json_error(message: str, status: int = 400) -> JsonResponse:
+    return JsonResponse({"error": {"message": message}}, status=status)
+
+
+@login_required
+@require_GET
+def billing_page(request: HttpRequest) -> HttpResponse:
+    """Top up a key, set auto-recharge, list payments."""
+    user = _user(request)
+    keys = list(api_key_list(user=user).filter(revoked_at__isnull=True))
+    recharges = {key.pk: payments.auto_recharge_get(api_key=key) for key in keys}
+    context: dict[str, Any] = {
+        "stripe_configured": stripe_api.is_configured(),
+        "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+        "stripe_js_url": settings.STRIPE_JS_URL,
+        "packs": payments.token_packs(),
+        "keys": [(key, recharges[key.pk]) for key in keys],
+        "selected_key": request.GET.get("key", ""),
+        "payments": payments.payment_list(user=user),
+        "card_label": user.card_label,
+    }
+    return render(request, "billing/billing.html", context)
+
+
+@login_required
+@require_POST
+def card_setup(request: HttpRequest) -> JsonResponse:
+    """Start saving a card: a SetupIntent's client secret for Stripe.js."""
+    try:
+        client_secret = payments.card_setup_start(user=_user(request))
+    except stripe_api.StripeNotConfigured:
+        return _json_error("Payments are not configured on this server.", 503)
+    except stripe_api.StripeUnavailable as exc:
+        return _json_error(f"Stripe is unavailable: {exc}", 502)
+    return JsonResponse({"client_secret": client_secret})
+
+
+@login_required
+@require_POST
+def card_save(request: HttpRequest) -> JsonResponse:
+    """Keep the card a SetupIntent confirmed in the browser."""
+    user = _user(request)
+    setup_intent_id = request.POST.get("setup_intent", "")
+    if not setup_intent_id.startswith("seti_"):
+        return _json_error("setup_intent is required.")
+    try:
+        payments.card_save(user=user, setup_intent_id=setup_intent_id)
+    except payments.PaymentError as exc:
+        return _json_error(str(exc))
+    except stripe_api.StripeNotConfigured:
+        return _json_error("Payments are not configured on this server.", 503)
+    except stripe_api.StripeUnavailable as exc:
+        return _json_error(f"Stripe is unavailable: {exc}", 502)
+    return JsonResponse({"card_label": user.card_label})
+
+
+@login_required
+@require_POST
+def topup(request: HttpRequest) -> JsonResponse:
+    """Buy a pack for a key with the saved card."""
+    user = _user(request)
+    key_id = request.POST.get("api_key", "")
+    api_key = ApiKey.objects.filter(pk=int(key_id), user=user).first() if key_id.isdigit() else None
+    if api_key is None:
+        return _json_error("Choose one of your keys.")
+    try:
+        payment, client_secret = payments.topup_pay(
+            user=user, api_key=api_key, pack_id=request.POST.get("pack", "")
+        )
+    except payments.PaymentError as exc:
+        return _json_error(str(exc))
+    except stripe_api.StripeNotConfigured:
+        return _json_error("Payments are not configured on this server.", 503)
+    except stripe_api.StripeUnavailable as exc:
+        return _json_error(f"Stripe is unavailable: {exc}", 502)
+    return_url = reverse("payment-detail", args=[payment.pk])
+    if payment.stripe_payment_intent_id:
+        return_url = reverse("topup-return") + f"?payment_intent={payment.stripe_payment_intent_id}"
+    return JsonResponse(
+        {
+            "payment": payment.pk,
+            "status": payment.status,
+            "message": payment.failure_message,
+            "client_secret": client_secret,
+            "return_url": return_url,
+        }
+    )
+
+
+@login_required
+@require_GET
+def topup_return(request: HttpRequest) -> HttpResponse:
+    """Where the browser lands after paying: settle the payment from Stripe's state."""
+    intent_id = request.GET.get("payment_intent", "")
+    if not intent_id.startswith("pi_"):
+        raise Http404
+    try:
+        payment = payments.payment_return(user=_user(request), payment_intent_id=intent_id)
+    except stripe_api.StripeUnavailable:
+        payment = Payment.objects.filter(
+            user=_user(request), stripe_payment_intent_id=intent_id
+        ).first()
+        messages.warning(request, "Stripe is slow to answer; this page will update shortly.")
+    if payment is None:
+        raise Http404
+    return redirect("payment-detail", pk=payment.pk)
+
+
+@login_required
+@require_GET
+def payment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One payment; a payment waiting for authentication can be finished here."""
+    payment = get_object_or_404(Payment.objects.select_related("api_key"), pk=pk, user=request.user)
+    client_secret = ""
+    if payment.status == Payment.Status.REQUIRES_ACTION and payment.stripe_payment_intent_id:
+        try:
+            intent = stripe_api.payment_intent_get(
+                payment_intent_id=payment.stripe_payment_intent_id
+            )
+            client_secret = intent.client_secret if intent.status == "requires_action" else ""
+        except (stripe_api.StripeUnavailable, stripe_api.StripeNotConfigured):
+            client_secret = ""
+    context = {
+        "payment": payment,
+        "client_secret": client_secret,
+        "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+        "stripe_js_url": settings.STRIPE_JS_URL,
+        "return_url": reverse("topup-return")
+        + f"?payment_intent={payment.stripe_payment_intent_id or ''}",
+    }
+    return render(request, "billing/payment_detail.html", context)
+
+
+@login_required
+@require_POST
+def auto_recharge_save(request: HttpRequest, key_id: int) -> HttpResponse:
+    """Save a key's auto-recharge form."""
+    api_key = get_object_or_404(ApiKey, pk=key_id, user=request.user, revoked_at__isnull=True)
+    try:
+        threshold = int(request.POST.get("threshold_tokens", "0").replace(",", "").replace("_", ""))
+        cap = round(float(request.POST.get("monthly_cap", "0")) * 100)
+    except ValueError:
+        messages.error(request, "The threshold and the monthly cap must be numbers.")
+        return redirect("billing")
+    try:
+        payments.auto_recharge_configure(
+            api_key=api_key,
+            enabled=request.POST.get("enabled") == "on",
+            threshold_tokens=threshold,
+            pack_id=request.POST.get("pack_id", ""),
+            monthly_cap_amount=cap,
+        )
+    except payments.PaymentError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Auto-recharge saved for {api_key.name or api_key.prefix}.")
+    return redirect("billing")
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> HttpResponse:
+    """Stripe's deliveries (signed; no session, so no CSRF token)."""
+    result = webhooks.stripe_webhook_receive(
+        payload=request.body, signature=request.headers.get("Stripe-Signature", "")
+    )
+    return JsonResponse({"detail": result.detail}, status=result.status)
