@@ -1,4 +1,5 @@
-"""Real services for the tests: a private Redis, a fresh Postgres database, gunicorn gateways.
+"""Real services for the tests: a private Redis, a fresh Postgres database, gunicorn gateways,
+a localstripe server and Celery workers.
 
 Each is started or found here; when one cannot be had the test fails with a message that says
 what is missing — it is never skipped silently.
@@ -6,6 +7,9 @@ what is missing — it is never skipped silently.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import signal
@@ -256,3 +260,154 @@ def gateways(tmp_path: Path) -> Iterator[list[Gateway]]:
     yield started
     for gateway in started:
         gateway.stop()
+
+
+WEBHOOK_SECRET = "whsec_test_secret"
+
+
+class LocalStripe:
+    """A localstripe process: Stripe's API (customers, intents, refunds, signed webhooks) and its
+    fake Stripe.js, on a free port. One per test session; tests keep to their own customers."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.log = directory / "localstripe.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalStripe:
+        try:
+            import localstripe  # noqa: F401
+        except ImportError:
+            pytest.fail("localstripe is not installed: `make test` installs the test extras")
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "localstripe", "--port", str(self.port), "--from-scratch"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(self.port, timeout=20)
+        except TimeoutError:
+            pytest.fail(f"localstripe did not start:\n{self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=10)
+
+    def client(self) -> object:
+        import stripe
+
+        return stripe.StripeClient("sk_test_localstripe", base_addresses={"api": self.url})
+
+    def send_webhooks_to(self, url: str | None) -> None:
+        """Deliver localstripe's signed events to `url` (None: to nobody)."""
+        import requests
+
+        data: dict[str, object] = {"url": url or "http://127.0.0.1:9/", "secret": WEBHOOK_SECRET}
+        if not url:
+            data["events"] = ["none"]
+        response = requests.post(f"{self.url}/_config/webhooks/tests", json=data, timeout=10)
+        response.raise_for_status()
+
+
+def stripe_signature(
+    payload: bytes, *, timestamp: int | None = None, secret: str = WEBHOOK_SECRET
+) -> str:
+    """A Stripe-Signature header for a payload, as Stripe signs it (t=…,v1=HMAC-SHA256)."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    signed = f"{stamp}.".encode() + payload
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={stamp},v1={digest}"
+
+
+def stripe_event(event_type: str, obj: dict[str, object], *, event_id: str | None = None) -> bytes:
+    """A webhook body as Stripe sends it (only the fields the handlers read are needed)."""
+    return json.dumps(
+        {
+            "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
+            "object": "event",
+            "type": event_type,
+            "created": int(time.time()),
+            "livemode": False,
+            "data": {"object": obj},
+        }
+    ).encode()
+
+
+@pytest.fixture(scope="session")
+def localstripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStripe]:
+    server = LocalStripe(tmp_path_factory.mktemp("localstripe")).start()
+    yield server
+    server.stop()
+
+
+def stripe_env(server: LocalStripe) -> dict[str, str]:
+    """The settings that point the product at a localstripe server."""
+    return {
+        "STRIPE_SECRET_KEY": "sk_test_localstripe",
+        "STRIPE_PUBLISHABLE_KEY": "pk_test_localstripe",
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "STRIPE_API_BASE": server.url,
+        "STRIPE_JS_URL": f"{server.url}/js.stripe.com/v3/",
+    }
+
+
+class CeleryWorker:
+    """`celery worker` for the project, in its own process group, with the gateway's settings."""
+
+    def __init__(self, directory: Path, *, env: dict[str, str], concurrency: int = 4) -> None:
+        self.env = env
+        self.concurrency = concurrency
+        self.log = directory / "celery.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> CeleryWorker:
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "embeddings_site",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--loglevel",
+                    "INFO",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"celery worker exited:\n{self.log.read_text()[-3000:]}")
+            if " ready." in self.log.read_text():
+                return self
+            time.sleep(0.2)
+        pytest.fail(f"celery worker not ready after 60s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.process = None
