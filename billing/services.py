@@ -27,6 +27,30 @@ def user_get_or_create(*, email: str) -> tuple[User, bool]:
 
 
 @transaction.atomic
+def user_sign_up(*, email: str, password: str) -> User:
+    """A new account with a password (the sign-up form validated both)."""
+    email = User.objects.normalize_email(email).lower()
+    return User.objects.create_user(email=email, password=password)
+
+
+def user_suspend(*, user: User, suspended: bool = True) -> User:
+    """Suspend (or restore) a user: a suspended user cannot log in and their keys are refused."""
+    user.is_active = not suspended
+    user.save(update_fields=["is_active"])
+    return user
+
+
+@transaction.atomic
+def visitor_trial_key_create() -> tuple[ApiKey, str]:
+    """A key for a playground visitor without an account: an owner of its own that cannot log
+    in, and VISITOR_TRIAL_TOKENS to try the API with."""
+    owner = User.objects.create_user(
+        email=f"visitor-{key_generate()[-16:].lower()}@visitors.invalid"
+    )
+    return api_key_create(user=owner, name="playground trial", tokens=settings.VISITOR_TRIAL_TOKENS)
+
+
+@transaction.atomic
 def api_key_create(
     *,
     user: User,

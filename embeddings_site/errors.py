@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
+from django.template.loader import render_to_string
 from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions as drf_exceptions
 
@@ -119,8 +120,23 @@ def error_body(error: ApiError, request_id: str) -> dict[str, Any]:
     }
 
 
+def _wants_page(request: HttpRequest) -> bool:
+    """A person's browser on a page (not the API): answer with an HTML error page."""
+    if request.path.startswith(("/v1/", "/internal/", "/api/")) or request.path == "/v1":
+        return False
+    return "text/html" in request.headers.get("Accept", "")
+
+
 def error_response(request: HttpRequest, error: ApiError) -> HttpResponse:
     request_id = getattr(request, "request_id", "")
+    if _wants_page(request):
+        html = render_to_string(
+            "error.html", {"error": error, "request_id": request_id}, request=request
+        )
+        page = HttpResponse(html, status=error.status)
+        for name, value in error.headers.items():
+            page[name] = value
+        return page
     response = json_response(error_body(error, request_id), status=error.status)
     for name, value in error.headers.items():
         response[name] = value

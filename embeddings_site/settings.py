@@ -80,8 +80,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "billing",
     "inference",
+    "web",
 ]
 
 MIDDLEWARE = [
@@ -188,6 +191,29 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "EXCEPTION_HANDLER": "embeddings_site.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The OpenAPI schema of /v1 (drf-spectacular) and its reference page (Redoc, served from the
+# sidecar package's static files, no CDN).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Embeddings API",
+    "DESCRIPTION": (
+        "Jina- and OpenAI-compatible embeddings. Authenticate with `Authorization: Bearer <key>`. "
+        "Errors share one envelope: `detail`, `code`, `request_id` and OpenAI's `error` object."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/v1",
+    "PREPROCESSING_HOOKS": ["embeddings_site.api_schema.only_public_api"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "embeddings_site.api_schema.without_trailing_slash",
+    ],
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- The embeddings API -------------------------------------------------------------------
@@ -234,6 +260,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # --- Metering: balances, tiers, the limiter ----------------------------------------------
 # Tokens granted to the first key of a new user (the Jina API gives new users 10M).
 TRIAL_TOKENS = env_int("TRIAL_TOKENS", 10_000_000)
+# A playground visitor without an account gets a key with this many tokens (0: none).
+VISITOR_TRIAL_TOKENS = env_int("VISITOR_TRIAL_TOKENS", 100_000)
 # Default tiers as in the seeds; override with a JSON object in RATE_LIMIT_TIERS.
 RATE_LIMIT_TIERS: dict[str, dict[str, int]] = {
     "standard": {"rpm": 500, "tpm": 1_000_000, "concurrency": 10},
@@ -265,6 +293,10 @@ CELERY_BEAT_SCHEDULE = {
 # --- Per-IP limits on anonymous endpoints (django-ratelimit, on the cache above) ----------
 IP_RATE_LIMIT_ANONYMOUS = env_str("IP_RATE_LIMIT_ANONYMOUS", "300/m")
 IP_RATE_LIMIT_LOGIN = env_str("IP_RATE_LIMIT_LOGIN", "20/m")
+IP_RATE_LIMIT_SIGNUP = env_str("IP_RATE_LIMIT_SIGNUP", "20/h")
+IP_RATE_LIMIT_PASSWORD_RESET = env_str("IP_RATE_LIMIT_PASSWORD_RESET", "10/h")
+IP_RATE_LIMIT_TRIAL_KEY = env_str("IP_RATE_LIMIT_TRIAL_KEY", "10/h")
+IP_RATE_LIMIT_FORMS = env_str("IP_RATE_LIMIT_FORMS", "60/m")
 # Behind a proxy, name the header that carries the client address (e.g. HTTP_X_FORWARDED_FOR).
 if env_str("RATELIMIT_IP_META_KEY"):
     RATELIMIT_IP_META_KEY = env_str("RATELIMIT_IP_META_KEY")
@@ -333,5 +365,5 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Embeddings <no-reply@localhost>")
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "billing"
-LOGOUT_REDIRECT_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "playground"

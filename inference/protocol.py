@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from embeddings_site.api_schema import EMBEDDING_TYPE_SCHEMA, INPUT_SCHEMA
 from embeddings_site.errors import ErrorCode
 from inference.encodings import EMBEDDING_TYPES
 
@@ -56,6 +59,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+@extend_schema_field(OpenApiTypes.BOOL)
 class StrictBooleanField(serializers.Field):
     """JSON true/false only: "yes", 1 or "false" are mistakes worth a 400, not a guess."""
 
@@ -70,6 +74,7 @@ class StrictBooleanField(serializers.Field):
         return value
 
 
+@extend_schema_field(OpenApiTypes.INT)
 class StrictPositiveIntegerField(serializers.Field):
     default_error_messages = {"invalid": "Must be a positive integer."}
 
@@ -82,6 +87,7 @@ class StrictPositiveIntegerField(serializers.Field):
         return value
 
 
+@extend_schema_field(EMBEDDING_TYPE_SCHEMA)
 class EmbeddingTypeField(serializers.Field):
     """`float | base64 | binary | ubinary`, or a list of them (Jina's embedding_type)."""
 
@@ -148,6 +154,7 @@ def _input_item(item: Any, index: int) -> EmbeddingInput:
     )
 
 
+@extend_schema_field(INPUT_SCHEMA)
 class EmbeddingInputField(serializers.Field):
     """A string, a TextDoc/ImageDoc, a token array, or a list mixing strings, docs and token arrays."""
 

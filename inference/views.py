@@ -7,12 +7,21 @@ from typing import Any
 from django.conf import settings
 from django.utils.decorators import method_decorator
 from django_ratelimit.decorators import ratelimit
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.views import MeteredApiView
+from embeddings_site.api_schema import (
+    EMBEDDING_EXAMPLES,
+    ERRORS,
+    EmbeddingResponse,
+    ErrorResponse,
+    Model,
+    ModelList,
+)
 from embeddings_site.errors import ApiError, ErrorCode
 from inference.models import EmbeddingModel
 from inference.protocol import EmbeddingRequestSerializer
@@ -25,6 +34,14 @@ class EmbeddingCreateApi(MeteredApiView):
 
     InputSerializer = EmbeddingRequestSerializer
 
+    @extend_schema(
+        operation_id="embeddings_create",
+        summary="Create embeddings",
+        description="Embed texts, images or token ids. `usage` is exactly what is charged.",
+        request=EmbeddingRequestSerializer,
+        responses={200: EmbeddingResponse, **ERRORS},
+        examples=EMBEDDING_EXAMPLES,
+    )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -92,6 +109,7 @@ class ModelListApi(APIView):
 
     OutputSerializer = ModelOutputSerializer
 
+    @extend_schema(operation_id="models_list", summary="List models", responses={200: ModelList})
     def get(self, request: Request) -> Response:
         models = self.OutputSerializer(embedding_model_list(), many=True).data
         return Response({"object": "list", "data": models})
@@ -103,6 +121,12 @@ class ModelDetailApi(APIView):
 
     OutputSerializer = ModelOutputSerializer
 
+    @extend_schema(
+        operation_id="models_retrieve",
+        summary="Retrieve a model",
+        description="By name or Hugging Face id.",
+        responses={200: Model, 404: ErrorResponse},
+    )
     def get(self, request: Request, model_id: str) -> Response:
         model = embedding_model_get(name=model_id)
         if model is None:
