@@ -1,8 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
-from django.urls import path, re_path
-from django.views.generic import RedirectView
+from django.urls import include, path, re_path
 from django_ratelimit.decorators import ratelimit
 
 from billing import pages as billing_pages
@@ -26,9 +24,6 @@ urlpatterns = [
     path("live", health.live, name="live"),
     path("ready", health.ready, name="ready"),
     path("admin/", admin.site.urls),
-    path("", RedirectView.as_view(pattern_name="billing"), name="home"),
-    path("accounts/login/", _login_limit(auth_views.LoginView.as_view()), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("billing/", billing_pages.billing_page, name="billing"),
     path("billing/card/setup", billing_pages.card_setup, name="card-setup"),
     path("billing/card/save", billing_pages.card_save, name="card-save"),
@@ -41,6 +36,7 @@ urlpatterns = [
         name="auto-recharge-save",
     ),
     path("billing/stripe/webhook", billing_pages.stripe_webhook, name="stripe-webhook"),
+    path("", include("web.urls")),
 ]
 
 handler400 = "embeddings_site.errors.handler400"

@@ -1,0 +1,57 @@
+from django.conf import settings
+from django.contrib.auth import views as auth_views
+from django.urls import path
+from django_ratelimit.decorators import ratelimit
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+
+from web import views
+
+
+def _limit(setting: str):  # type: ignore[no-untyped-def]
+    return ratelimit(
+        key="ip", rate=lambda group, request: getattr(settings, setting), method="POST", block=True
+    )
+
+
+urlpatterns = [
+    path("", views.playground, name="playground"),
+    path("playground/key", views.trial_key, name="playground-key"),
+    path("accounts/signup/", views.sign_up, name="signup"),
+    path(
+        "accounts/login/",
+        _limit("IP_RATE_LIMIT_LOGIN")(auth_views.LoginView.as_view()),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "accounts/password-reset/",
+        _limit("IP_RATE_LIMIT_PASSWORD_RESET")(auth_views.PasswordResetView.as_view()),
+        name="password_reset",
+    ),
+    path(
+        "accounts/password-reset/sent/",
+        auth_views.PasswordResetDoneView.as_view(),
+        name="password_reset_done",
+    ),
+    path(
+        "accounts/reset/<uidb64>/<token>/",
+        _limit("IP_RATE_LIMIT_PASSWORD_RESET")(auth_views.PasswordResetConfirmView.as_view()),
+        name="password_reset_confirm",
+    ),
+    path(
+        "accounts/reset/done/",
+        auth_views.PasswordResetCompleteView.as_view(),
+        name="password_reset_complete",
+    ),
+    path("dashboard/", views.dashboard, name="dashboard"),
+    path("dashboard/keys", views.key_create, name="key-create"),
+    path("dashboard/keys/<int:pk>/", views.key_detail, name="key-detail"),
+    path("dashboard/keys/<int:pk>/revoke", views.key_revoke, name="key-revoke"),
+    path("staff/", views.staff_dashboard, name="staff"),
+    path("staff/keys/<int:pk>/grant", views.staff_key_grant, name="staff-key-grant"),
+    path("staff/keys/<int:pk>/limits", views.staff_key_limits, name="staff-key-limits"),
+    path("staff/keys/<int:pk>/revoke", views.staff_key_revoke, name="staff-key-revoke"),
+    path("staff/users/<int:pk>/suspend", views.staff_user_suspend, name="staff-user-suspend"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
+]

@@ -1,0 +1,341 @@
+"""The pages: playground, sign-up, the user's dashboard and the staff dashboard.
+
+Views parse and render; the services in billing do the writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_ratelimit.decorators import ratelimit
+
+from billing.metering import limits_for
+from billing.models import ApiKey, User
+from billing.payments import auto_recharge_get, payment_list
+from billing.selectors import api_key_list, ledger_entries
+from billing.services import (
+    api_key_create,
+    api_key_grant,
+    api_key_revoke,
+    api_key_set_limits,
+    user_sign_up,
+    user_suspend,
+    visitor_trial_key_create,
+)
+from inference.selectors import embedding_model_list
+from web import selectors
+from web.charts import bar_chart
+from web.forms import GrantForm, KeyCreateForm, LimitsForm, SignUpForm
+
+
+def _user(request: HttpRequest) -> User:
+    user = request.user
+    if not isinstance(user, User):
+        raise PermissionDenied
+    return user
+
+
+def _form_limit(rate_setting: str) -> Any:
+    """Per-IP limit on a form's POSTs (django-ratelimit, on the Django cache)."""
+    return ratelimit(
+        key="ip",
+        rate=lambda group, request: getattr(settings, rate_setting),
+        method="POST",
+        block=True,
+    )
+
+
+def staff_required(view: Any) -> Any:
+    """Staff only: anonymous visitors are sent to log in, other users get 403."""
+
+    @login_required
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.user.is_staff:
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    wrapped.__name__ = view.__name__
+    wrapped.__doc__ = view.__doc__
+    return wrapped
+
+
+# --- Playground ------------------------------------------------------------------------------
+
+
+@require_GET
+def playground(request: HttpRequest) -> HttpResponse:
+    """Try the API in the browser with one of your keys (or a visitor's trial key)."""
+    models = [
+        {
+            "name": model.name,
+            "dimensions": model.dimensions,
+            "tasks": sorted((model.tasks or {}).keys()),
+            "modalities": list(model.modalities or ["text"]),
+            "price": float(model.price_per_million_tokens or 0),
+            "max_tokens": model.max_tokens,
+        }
+        for model in embedding_model_list()
+    ]
+    return render(
+        request,
+        "web/playground.html",
+        {"models": models, "visitor_trials": settings.VISITOR_TRIAL_TOKENS > 0},
+    )
+
+
+@require_POST
+@_form_limit("IP_RATE_LIMIT_TRIAL_KEY")
+def trial_key(request: HttpRequest) -> JsonResponse:
+    """A key for the playground: a new key for a signed-in user, a trial key for a visitor."""
+    if request.user.is_authenticated:
+        api_key, plaintext = api_key_create(user=_user(request), name="playground")
+    elif settings.VISITOR_TRIAL_TOKENS > 0:
+        api_key, plaintext = visitor_trial_key_create()
+    else:
+        return JsonResponse({"error": {"message": "Sign up to get a key."}}, status=403)
+    return JsonResponse({"key": plaintext, "prefix": api_key.prefix, "balance": api_key.balance})
+
+
+# --- Accounts --------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@_form_limit("IP_RATE_LIMIT_SIGNUP")
+def sign_up(request: HttpRequest) -> HttpResponse:
+    """Create an account and log in."""
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = user_sign_up(
+            email=form.cleaned_data["email"], password=form.cleaned_data["password1"]
+        )
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, "Welcome! Create your first key to get your free trial tokens.")
+        return redirect("dashboard")
+    return render(request, "registration/signup.html", {"form": form})
+
+
+# --- The user's dashboard --------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Keys, usage charts and payments of the signed-in user."""
+    user = _user(request)
+    rows = selectors.usage_by_day(user=user, by=("model", "api_key__prefix"))
+    keys = [(key, limits_for(key)) for key in api_key_list(user=user)]
+    context = {
+        "keys": keys,
+        "new_key": request.session.pop("new_key", None),
+        "form": KeyCreateForm(),
+        "tokens_chart": bar_chart(
+            bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
+            title="Tokens per day",
+            unit="tokens",
+            chart_id="chart-tokens",
+        ),
+        "requests_chart": bar_chart(
+            bars=selectors.usage_bars(rows=rows, field="requests"),
+            title="Requests per day",
+            unit="requests",
+            chart_id="chart-requests",
+        ),
+        "errors_chart": bar_chart(
+            bars=selectors.usage_bars(rows=rows, field="errors"),
+            title="Errors per day",
+            unit="errors",
+            chart_id="chart-errors",
+        ),
+        "by_model": selectors.usage_totals(rows=rows, by="model"),
+        "by_key": selectors.usage_totals(rows=rows, by="api_key__prefix"),
+        "payments": payment_list(user=user)[:10],
+    }
+    return render(request, "web/dashboard.html", context)
+
+
+@login_required
+@require_POST
+@_form_limit("IP_RATE_LIMIT_FORMS")
+def key_create(request: HttpRequest) -> HttpResponse:
+    """Issue a key; its plaintext is shown once, on the next page."""
+    form = KeyCreateForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give the key a name of at most 100 characters.")
+        return redirect("dashboard")
+    api_key, plaintext = api_key_create(user=_user(request), name=form.cleaned_data["name"])
+    # Kept in the session only until the dashboard shows it, once.
+    request.session["new_key"] = {"key": plaintext, "prefix": api_key.prefix, "name": api_key.name}
+    return redirect("dashboard")
+
+
+@login_required
+@require_POST
+def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    """Revoke one of your keys."""
+    api_key = get_object_or_404(ApiKey, pk=pk, user=request.user)
+    api_key_revoke(api_key=api_key)
+    messages.success(request, f"Key {api_key.prefix}… is revoked.")
+    return redirect("dashboard")
+
+
+@login_required
+@require_GET
+def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """One key: balance, limits, ledger history, usage by model."""
+    api_key = get_object_or_404(ApiKey, pk=pk, user=request.user)
+    rows = selectors.usage_by_day(api_key=api_key, by=("model",))
+    page = Paginator(ledger_entries(api_key=api_key).select_related("usage"), 50).get_page(
+        request.GET.get("page")
+    )
+    context = {
+        "key": api_key,
+        "limits": limits_for(api_key),
+        "recharge": auto_recharge_get(api_key=api_key),
+        "ledger": page,
+        "by_model": selectors.usage_totals(rows=rows, by="model"),
+        "tokens_chart": bar_chart(
+            bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
+            title="Tokens per day",
+            unit="tokens",
+            chart_id="chart-key-tokens",
+        ),
+    }
+    return render(request, "web/key_detail.html", context)
+
+
+# --- Staff -----------------------------------------------------------------------------------
+
+
+@staff_required
+@require_GET
+def staff_dashboard(request: HttpRequest) -> HttpResponse:
+    """Totals across users, revenue, top users, error rates, workers; key and user actions."""
+    rows = selectors.usage_by_day(by=("model", "api_key__user__email"))
+    models = sorted({row["model"] for row in rows})
+    revenue = selectors.revenue_by_day()
+    currencies = sorted({row["currency"] for row in revenue})
+    query = request.GET.get("q", "").strip()
+    context = {
+        "activity": selectors.key_activity(),
+        "tokens_chart": bar_chart(
+            bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
+            title="Tokens per day, all models",
+            unit="tokens",
+            chart_id="chart-all-tokens",
+        ),
+        "model_charts": [
+            (
+                model,
+                bar_chart(
+                    bars=selectors.usage_bars(
+                        rows=[row for row in rows if row["model"] == model], field="charged_tokens"
+                    ),
+                    title=f"Tokens per day, {model}",
+                    unit="tokens",
+                    chart_id=f"chart-model-{index}",
+                ),
+            )
+            for index, model in enumerate(models)
+        ],
+        "revenue_charts": [
+            (
+                currency.upper(),
+                sum(row["amount"] for row in revenue if row["currency"] == currency) / 100,
+                bar_chart(
+                    bars=[
+                        selectors.Bar(day=row["day"], value=row["amount"] / 100)
+                        for row in revenue
+                        if row["currency"] == currency
+                    ],
+                    title=f"Revenue per day ({currency.upper()})",
+                    unit=currency.upper(),
+                    chart_id=f"chart-revenue-{currency}",
+                ),
+            )
+            for currency in currencies
+        ],
+        "totals": selectors.usage_totals(rows=rows, by="model"),
+        "top_users": selectors.usage_totals(rows=rows, by="api_key__user__email")[:10],
+        "workers": selectors.workers_by_model(),
+        "query": query,
+        "keys": selectors.key_search(query=query)[:25],
+        "grant_form": GrantForm(),
+        "limits_form": LimitsForm(),
+    }
+    return render(request, "web/staff.html", context)
+
+
+def _back_to_staff(query: str) -> HttpResponse:
+    return redirect(f"{reverse('staff')}?{urlencode({'q': query})}")
+
+
+@staff_required
+@require_POST
+def staff_key_grant(request: HttpRequest, pk: int) -> HttpResponse:
+    """Grant tokens to a key."""
+    api_key = get_object_or_404(ApiKey, pk=pk)
+    form = GrantForm(request.POST)
+    if form.is_valid():
+        note = form.cleaned_data["note"] or f"granted by {request.user}"
+        api_key_grant(api_key=api_key, tokens=form.cleaned_data["tokens"], note=note)
+        messages.success(
+            request, f"Granted {form.cleaned_data['tokens']:,} tokens to {api_key.prefix}…."
+        )
+    else:
+        messages.error(request, "Tokens must be a positive whole number.")
+    return _back_to_staff(api_key.prefix)
+
+
+@staff_required
+@require_POST
+def staff_key_limits(request: HttpRequest, pk: int) -> HttpResponse:
+    """Change a key's tier and limits."""
+    api_key = get_object_or_404(ApiKey, pk=pk)
+    form = LimitsForm(request.POST)
+    if form.is_valid():
+        api_key_set_limits(
+            api_key=api_key,
+            tier=form.cleaned_data["tier"],
+            rpm=form.cleaned_data["rpm"],
+            tpm=form.cleaned_data["tpm"],
+            concurrency=form.cleaned_data["concurrency"],
+        )
+        messages.success(request, f"Limits of {api_key.prefix}… saved.")
+    else:
+        messages.error(request, "Limits must be positive whole numbers.")
+    return _back_to_staff(api_key.prefix)
+
+
+@staff_required
+@require_POST
+def staff_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    """Revoke any key."""
+    api_key = get_object_or_404(ApiKey, pk=pk)
+    api_key_revoke(api_key=api_key)
+    messages.success(request, f"Key {api_key.prefix}… is revoked.")
+    return _back_to_staff(api_key.prefix)
+
+
+@staff_required
+@require_POST
+def staff_user_suspend(request: HttpRequest, pk: int) -> HttpResponse:
+    """Suspend or restore a user (not yourself)."""
+    user = get_object_or_404(User, pk=pk)
+    if user.pk == request.user.pk:
+        messages.error(request, "You cannot suspend yourself.")
+    else:
+        suspend = request.POST.get("action", "suspend") == "suspend"
+        user_suspend(user=user, suspended=suspend)
+        messages.success(request, f"{user.email} is {'suspended' if suspend else 'restored'}.")
+    return _back_to_staff(user.email)
