@@ -351,3 +351,52 @@ def test_the_playground_embeds_an_uploaded_image_and_bills_its_tiles(
     # Text-only models hide the image buttons.
     page.select_option("#pg-model", "all-MiniLM-L6-v2")
     assert not page.is_visible("#pg-add-image-file-label")
+
+
+def test_top_up_on_the_billing_page_with_stripe_js_and_3d_secure(
+    live_server: Any, page: Any, localstripe: Any, settings: Any
+) -> None:
+    """The billing page's own JavaScript with localstripe's Stripe.js: card form, 3-D Secure
+    when saving the card and again when paying, back to the payment page, credited once."""
+    from billing.models import LedgerEntry, Payment
+    from tests.infra import stripe_env
+
+    for name, value in stripe_env(localstripe).items():
+        setattr(settings, name, value)
+    settings.TOKEN_PACKS = [
+        {"id": "small", "name": "1M tokens", "tokens": 1_000_000, "amount": 500, "currency": "usd"}
+    ]
+    localstripe.send_webhooks_to(f"{live_server.url}/billing/stripe/webhook")
+    User.objects.create_user(email="buyer@example.com", password=PASSWORD)
+    log_in(page, live_server.url, "buyer@example.com")
+    page.fill("#key-create input[name=name]", "paid")
+    page.click("#key-create button[type=submit]")
+    api_key = ApiKey.objects.get(user__email="buyer@example.com")
+    before = api_key.balance
+
+    page.goto(f"{live_server.url}/billing/")
+    page.wait_for_selector("#card-element input[placeholder=number]")
+    for field, value in (
+        ("number", "4000002760003184"),
+        ("exp_month", "12"),
+        ("exp_year", "34"),
+        ("cvc", "123"),
+        ("postal_code", "10115"),
+    ):
+        page.fill(f"#card-element input[placeholder={field}]", value)
+    shot(page, "billing-card")
+    page.click("#topup-submit")
+    page.click("text=Complete authentication")  # the bank's page when saving the card
+    page.click("text=Complete authentication")  # and when paying
+    page.wait_for_url(re.compile(r".*/billing/payments/\d+/$"))
+    assert page.get_attribute("#payment", "data-status") == "succeeded"
+    shot(page, "payment-paid")
+
+    payment = Payment.objects.get(api_key=api_key)
+    assert payment.status == Payment.Status.SUCCEEDED
+    assert ApiKey.objects.get(pk=api_key.pk).balance == before + 1_000_000
+    assert LedgerEntry.objects.filter(api_key=api_key, kind="topup").count() == 1
+    page.goto(f"{live_server.url}/billing/")
+    assert "Visa •••• 3184" in (page.text_content("#topup-form") or "")
+    assert "$5.00" in (page.text_content("#payments") or "")
+    shot(page, "billing")
