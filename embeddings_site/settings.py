@@ -223,6 +223,12 @@ EMBEDDINGS_DEFAULT_MODEL = env_str("EMBEDDINGS_DEFAULT_MODEL", "all-MiniLM-L6-v2
 EMBEDDINGS_MAX_INPUTS = env_int("EMBEDDINGS_MAX_INPUTS", 2048)
 # Threads torch may use for one forward pass; 0 leaves torch's own default (all cores).
 TORCH_NUM_THREADS = env_int("TORCH_NUM_THREADS", 0)
+# Dynamic batching of in-process CPU models: concurrent requests share forward passes of at
+# most EMBEDDINGS_MAX_BATCH_TOKENS padded tokens, a pass waiting up to EMBEDDINGS_BATCH_WAIT_MS
+# for requests to join it.
+EMBEDDINGS_DYNAMIC_BATCHING = env_bool("EMBEDDINGS_DYNAMIC_BATCHING", default=True)
+EMBEDDINGS_BATCH_WAIT_MS = float(env_str("EMBEDDINGS_BATCH_WAIT_MS", "2"))
+EMBEDDINGS_MAX_BATCH_TOKENS = env_int("EMBEDDINGS_MAX_BATCH_TOKENS", 8192)
 # Load enabled models in the background when the server starts, so the first request is fast.
 EMBEDDINGS_WARM_ON_START = env_bool("EMBEDDINGS_WARM_ON_START", default=True)
 

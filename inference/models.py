@@ -35,6 +35,11 @@ class EmbeddingModel(models.Model):
         CLIP = "clip", "In-process CPU CLIP (transformers, text and images)"
         VLLM = "vllm", "vLLM workers (OpenAI-compatible embedding servers)"
 
+    class Runtime(models.TextChoices):
+        TORCH = "torch", "PyTorch"
+        ONNX = "onnx", "ONNX Runtime (falls back to torch if its vectors drift)"
+        ONNX_INT8 = "onnx-int8", "ONNX Runtime, int8 weights (falls back to torch if they drift)"
+
     class Pooling(models.TextChoices):
         MEAN = "mean", "Mean of token vectors"
         CLS = "cls", "First ([CLS]) token"
@@ -54,6 +59,12 @@ class EmbeddingModel(models.Model):
         default=False, help_text="Trained for truncated `dimensions` (any model accepts them)."
     )
     pooling = models.CharField(max_length=10, choices=Pooling.choices, default=Pooling.MEAN)
+    runtime = models.CharField(
+        max_length=10,
+        choices=Runtime.choices,
+        default=Runtime.TORCH,
+        help_text="CPU backend only: what runs the forward pass (bench/cpu_backend.py compares).",
+    )
     tasks = models.JSONField(default=dict, blank=True, validators=[_validate_tasks])
     default_task = models.CharField(max_length=50, blank=True)
     modalities = models.JSONField(default=_default_modalities, validators=[_validate_modalities])

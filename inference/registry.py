@@ -13,7 +13,7 @@ from django.conf import settings
 
 from inference.backends.base import BackendHealth, EmbeddingBackend
 from inference.backends.clip import ClipCpuBackend
-from inference.backends.cpu import TransformersCpuBackend
+from inference.backends.cpu import cpu_backend_for
 from inference.backends.vllm import VllmBackend
 from inference.models import EmbeddingModel
 from inference.tokens import TextTokenizer
@@ -37,8 +37,16 @@ def model_dir(source: str) -> Path:
 def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
     """The backend a registry entry names."""
     if model.backend == EmbeddingModel.Backend.CPU:
-        return TransformersCpuBackend(
-            model_dir=directory, pooling=model.pooling, num_threads=settings.TORCH_NUM_THREADS
+        return cpu_backend_for(
+            model_dir=directory,
+            runtime=model.runtime,
+            pooling=model.pooling,
+            num_threads=settings.TORCH_NUM_THREADS,
+            batch_wait=settings.EMBEDDINGS_BATCH_WAIT_MS / 1000
+            if settings.EMBEDDINGS_DYNAMIC_BATCHING
+            else None,
+            max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
+            cache_dir=settings.DATA_DIR / "onnx",
         )
     if model.backend == EmbeddingModel.Backend.CLIP:
         return ClipCpuBackend(model_dir=directory, num_threads=settings.TORCH_NUM_THREADS)
@@ -57,7 +65,7 @@ class ModelRuntime:
 
 def load_signature(model: EmbeddingModel) -> tuple[str, ...]:
     """The fields that change what gets loaded; editing any other field needs no reload."""
-    return (model.backend, model.source, model.pooling)
+    return (model.backend, model.source, model.pooling, model.runtime)
 
 
 @dataclass(frozen=True)

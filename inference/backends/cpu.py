@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from inference.backends.base import BackendError, BackendHealth, EmbeddingBackend, EmbedItem
+from inference.batching import DynamicBatcher
 
 
 def _import_torch() -> Any:
@@ -44,16 +46,25 @@ class TransformersCpuBackend(EmbeddingBackend):
         pooling: str = "mean",
         max_batch_tokens: int = 8192,
         num_threads: int = 0,
+        batch_wait: float | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.pooling = pooling
         self.max_batch_tokens = max_batch_tokens
         self.num_threads = num_threads
+        # Seconds a pass waits for concurrent requests to join it; None: no dynamic batching.
+        self.batch_wait = batch_wait
         self._model: Any = None
         self._pad_id = 0
+        self.batcher: DynamicBatcher | None = None
         # One forward pass at a time: torch already spreads a pass over every core, and
         # concurrent passes would only fight over them.
         self._lock = threading.Lock()
+
+    @property
+    def runtime(self) -> str:
+        """What runs the forward pass."""
+        return "torch"
 
     def load(self) -> None:
         torch = _import_torch()
@@ -65,6 +76,13 @@ class TransformersCpuBackend(EmbeddingBackend):
         model.eval()
         self._pad_id = model.config.pad_token_id or 0
         self._model = model
+        if self.batch_wait is not None and self.batcher is None:
+            self.batcher = DynamicBatcher(
+                self._forward,
+                max_batch_tokens=self.max_batch_tokens,
+                max_wait=self.batch_wait,
+                name=f"batcher-{self.model_dir.name}",
+            )
 
     def health(self) -> BackendHealth:
         if self._model is None:
@@ -76,6 +94,8 @@ class TransformersCpuBackend(EmbeddingBackend):
             raise BackendError("model not loaded")
         if any(item.image is not None for item in items):
             raise BackendError("this backend embeds text only")
+        if self.batcher is not None:
+            return self.batcher.embed(items)
         per_item: list[np.ndarray | None] = [None] * len(items)
         order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids))
         for batch in self._batches(order, items):
@@ -107,7 +127,7 @@ class TransformersCpuBackend(EmbeddingBackend):
         input_ids, mask = padded_batch(batch, self._pad_id)
         with self._lock, torch.inference_mode():
             try:
-                hidden = self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                hidden = self._hidden(input_ids, mask)
             except (RuntimeError, IndexError, ValueError) as exc:
                 raise BackendError(f"forward pass failed: {exc}") from exc
             if batch[0].spans is not None:  # a late-chunking item, alone in its batch
@@ -117,6 +137,10 @@ class TransformersCpuBackend(EmbeddingBackend):
             pooled = self._pool(hidden, mask).numpy()
         return [pooled[row : row + 1] for row in range(len(batch))]
 
+    def _hidden(self, input_ids: Any, mask: Any) -> Any:
+        """The encoder's last hidden state for a padded batch."""
+        return self._model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+
     def _pool(self, hidden: Any, mask: Any) -> Any:
         torch = _import_torch()
         if self.pooling == "cls":
@@ -125,3 +149,35 @@ class TransformersCpuBackend(EmbeddingBackend):
             return hidden[torch.arange(hidden.shape[0]), mask.sum(dim=1) - 1]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def cpu_backend_for(
+    *,
+    model_dir: Path,
+    runtime: str = "torch",
+    pooling: str = "mean",
+    num_threads: int = 0,
+    batch_wait: float | None = None,
+    max_batch_tokens: int = 8192,
+    cache_dir: Path | None = None,
+) -> TransformersCpuBackend:
+    """The CPU backend for a runtime: torch, onnx or onnx-int8 (ONNX falls back to torch when
+    its vectors drift from torch's)."""
+    common: dict[str, Any] = {
+        "model_dir": model_dir,
+        "pooling": pooling,
+        "num_threads": num_threads,
+        "batch_wait": batch_wait,
+        "max_batch_tokens": max_batch_tokens,
+    }
+    if runtime == "torch":
+        return TransformersCpuBackend(**common)
+    if runtime in ("onnx", "onnx-int8"):
+        from inference.backends.onnx import OnnxCpuBackend
+
+        return OnnxCpuBackend(
+            **common,
+            cache_dir=cache_dir or Path(tempfile.gettempdir()) / "embeddings-onnx",
+            quantize=runtime == "onnx-int8",
+        )
+    raise ValueError(f"unknown CPU runtime {runtime!r}")
