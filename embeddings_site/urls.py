@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from django_ratelimit.decorators import ratelimit
 
@@ -21,6 +21,7 @@ urlpatterns = [
     re_path(r"^v1/embeddings/?$", EmbeddingCreateApi.as_view(), name="embeddings-create"),
     re_path(r"^v1/models/?$", ModelListApi.as_view(), name="models-list"),
     re_path(r"^v1/models/(?P<model_id>.+?)/?$", ModelDetailApi.as_view(), name="models-detail"),
+    path("", include("batch.urls")),
     path("internal/workers", WorkerHeartbeatApi.as_view(), name="workers-heartbeat"),
     path("health", health.health, name="health"),
     path("live", health.live, name="live"),
