@@ -4,11 +4,14 @@ view with a method for each)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.http import StreamingHttpResponse
 from rest_framework import serializers
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -41,10 +44,25 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 20
 
 
+class AnyAcceptNegotiation(DefaultContentNegotiation):
+    """JSON (or the JSONL stream a view returns) whatever the Accept header asks: the OpenAI SDK
+    downloads files with `Accept: application/binary`, curl sends `*/*`."""
+
+    def select_renderer(
+        self,
+        request: Request,
+        renderers: Iterable[BaseRenderer],
+        format_suffix: str | None = None,
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
+
+
 class BatchApiView(APIView):
     """A batch endpoint: the caller's bearer key owns what it creates and sees only that."""
 
     authentication_classes = [ApiKeyAuthentication]
+    content_negotiation_class = AnyAcceptNegotiation
 
     @property
     def api_key(self) -> ApiKey:
