@@ -496,3 +496,18 @@ def test_the_list_serves_both_formats(batch_api) -> None:
     response = batch_api.get("/v1/batches?limit=1000")
     assert response.status_code == 400
     assert_error_envelope(response.json(), "INPUT_VALIDATION_ERROR")
+
+
+def test_the_dashboard_selector_lists_a_keys_jobs_with_progress(batch_api, api_key, client) -> None:
+    from batch.selectors import batch_job_list
+
+    done = create_and_run(batch_api, {"input": inline_lines(TEXTS[:4])})["batch_id"]
+    waiting = batch_api.create({"input": inline_lines(TEXTS[:2])}).json()["batch_id"]
+    BatchApi(client, key_with(100)).create({"input": inline_lines(["someone else's"])})
+
+    jobs = list(batch_job_list(api_key=api_key))
+
+    assert [job.id for job in jobs] == [waiting, done]
+    assert (jobs[0].status, jobs[0].progress, jobs[0].total_lines) == ("pending", 0.0, 2)
+    assert (jobs[1].status, jobs[1].progress, jobs[1].completed_lines) == ("completed", 1.0, 4)
+    assert jobs[1].total_tokens == batch_api.status(done)["stats"]["total_tokens"] > 0
