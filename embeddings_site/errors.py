@@ -39,6 +39,8 @@ class ErrorCode(StrEnum):
     AUTHZ_INSUFFICIENT_BALANCE = "AUTHZ_INSUFFICIENT_BALANCE"
     AUTHZ_FORBIDDEN = "AUTHZ_FORBIDDEN"
     RESOURCE_NOT_FOUND = "RESOURCE_NOT_FOUND"
+    RESOURCE_CONFLICT = "RESOURCE_CONFLICT"
+    RESOURCE_EXPIRED = "RESOURCE_EXPIRED"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     RATE_REQUEST_LIMIT_EXCEEDED = "RATE_REQUEST_LIMIT_EXCEEDED"
     RATE_TOKEN_LIMIT_EXCEEDED = "RATE_TOKEN_LIMIT_EXCEEDED"
@@ -68,6 +70,8 @@ ERROR_TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.AUTHZ_INSUFFICIENT_BALANCE: (403, "insufficient_quota"),
     ErrorCode.AUTHZ_FORBIDDEN: (403, "permission_error"),
     ErrorCode.RESOURCE_NOT_FOUND: (404, "invalid_request_error"),
+    ErrorCode.RESOURCE_CONFLICT: (409, "invalid_request_error"),
+    ErrorCode.RESOURCE_EXPIRED: (410, "invalid_request_error"),
     ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error"),
     ErrorCode.RATE_REQUEST_LIMIT_EXCEEDED: (429, "rate_limit_error"),
     ErrorCode.RATE_TOKEN_LIMIT_EXCEEDED: (429, "rate_limit_error"),

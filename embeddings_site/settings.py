@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "billing",
     "inference",
     "web",
+    "batch",
 ]
 
 MIDDLEWARE = [
@@ -373,3 +374,37 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Embeddings <no-reply@localho
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "playground"
+
+# --- Batch jobs (/v1/batch/*, /v1/files, /v1/batches) ------------------------------------
+# At most this many request lines per job, and bytes per input file (an upload also has to
+# fit in MAX_REQUEST_BYTES).
+BATCH_MAX_LINES = env_int("BATCH_MAX_LINES", 50_000)
+BATCH_MAX_FILE_BYTES = env_int("BATCH_MAX_FILE_BYTES", MAX_REQUEST_BYTES)
+# Lines are embedded and charged in chunks of about this many tokens (a longer line alone).
+BATCH_CHUNK_TOKENS = env_int("BATCH_CHUNK_TOKENS", 8192)
+# A job's outputs are deleted (and an unfinished job expires) this long after it was created;
+# uploaded files are kept for BATCH_FILE_EXPIRES_AFTER_SECONDS (OpenAI's 30 days).
+BATCH_EXPIRES_AFTER_SECONDS = env_int("BATCH_EXPIRES_AFTER_SECONDS", 24 * 3600)
+BATCH_FILE_EXPIRES_AFTER_SECONDS = env_int("BATCH_FILE_EXPIRES_AFTER_SECONDS", 30 * 24 * 3600)
+# A runner holds a job for this long after each chunk; when it dies, another resumes the job
+# after the lease runs out. Keep it well above the time one chunk takes.
+BATCH_LEASE_SECONDS = env_int("BATCH_LEASE_SECONDS", 120)
+# A job that stops this many times without finishing fails (its remaining lines in errors).
+BATCH_MAX_RUNS = env_int("BATCH_MAX_RUNS", 5)
+# How often stalled jobs are resumed, expired outputs deleted and webhooks retried (beat, or a
+# gateway thread on the embedded default); a pending job is sent again after waiting this long.
+BATCH_MAINTENANCE_INTERVAL_SECONDS = env_int("BATCH_MAINTENANCE_INTERVAL_SECONDS", 30)
+BATCH_REQUEUE_PENDING_AFTER_SECONDS = env_int("BATCH_REQUEUE_PENDING_AFTER_SECONDS", 600)
+# Threads that run jobs in a gateway process when no broker is configured.
+BATCH_LOCAL_WORKERS = env_int("BATCH_LOCAL_WORKERS", 2)
+BATCH_INPUT_FETCH_DEADLINE = float(env_str("BATCH_INPUT_FETCH_DEADLINE", "60"))
+BATCH_WEBHOOK_TIMEOUT_SECONDS = float(env_str("BATCH_WEBHOOK_TIMEOUT_SECONDS", "10"))
+BATCH_WEBHOOK_MAX_ATTEMPTS = env_int("BATCH_WEBHOOK_MAX_ATTEMPTS", 5)
+BATCH_WEBHOOK_RETRY_SECONDS = env_int("BATCH_WEBHOOK_RETRY_SECONDS", 30)
+# host:port pairs an input_url or webhook_url may name although they are not public addresses.
+# Empty in production; the tests name their local servers here.
+BATCH_URL_ALLOWED_HOSTS: list[str] = env_list("BATCH_URL_ALLOWED_HOSTS", [])
+CELERY_BEAT_SCHEDULE["batch-maintenance"] = {
+    "task": "batch.tasks.batch_maintenance",
+    "schedule": float(BATCH_MAINTENANCE_INTERVAL_SECONDS),
+}

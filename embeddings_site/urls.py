@@ -19,6 +19,7 @@ urlpatterns = [
     re_path(r"^v1/embeddings/?$", EmbeddingCreateApi.as_view(), name="embeddings-create"),
     re_path(r"^v1/models/?$", ModelListApi.as_view(), name="models-list"),
     re_path(r"^v1/models/(?P<model_id>.+?)/?$", ModelDetailApi.as_view(), name="models-detail"),
+    path("", include("batch.urls")),
     path("internal/workers", WorkerHeartbeatApi.as_view(), name="workers-heartbeat"),
     path("health", health.health, name="health"),
     path("live", health.live, name="live"),

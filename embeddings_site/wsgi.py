@@ -25,9 +25,11 @@ def _warm_models() -> None:
 
 
 def _start_maintenance() -> None:
+    from batch.tasks import start_batch_maintenance_thread
     from billing.tasks import start_maintenance_thread
 
     start_maintenance_thread()
+    start_batch_maintenance_thread()
 
 
 _warm_models()

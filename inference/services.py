@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 
@@ -260,22 +261,28 @@ def _with_pixels(counted: CountedRequest) -> list[EmbedItem]:
     return items
 
 
-def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> dict[str, Any]:
-    """Run the backend and build the response body (vectors encoded as asked)."""
-    model = counted.model
+def embeddings_vectors(*, counted: CountedRequest) -> np.ndarray:
+    """Run the backend on a counted request: raw vectors, one row per item (per span)."""
     items = _with_pixels(counted)
     try:
-        vectors = counted.runtime.backend.embed(items)
+        return counted.runtime.backend.embed(items)
     except BackendTimeout as exc:
         raise ApiError(
             ErrorCode.SERVICE_TIMEOUT, f"The model did not answer in time: {exc}"
         ) from exc
     except BackendError as exc:
-        logger.warning("Backend for %s failed: %s", model.name, exc)
+        logger.warning("Backend for %s failed: %s", counted.model.name, exc)
         raise ApiError(
             ErrorCode.SERVICE_UNAVAILABLE,
             "The model backend is temporarily unavailable. Please retry with exponential backoff.",
         ) from exc
+
+
+def embeddings_body(
+    *, counted: CountedRequest, request: EmbeddingRequest, vectors: np.ndarray
+) -> dict[str, Any]:
+    """The response body for a request's raw vectors (Matryoshka, normalisation, encodings)."""
+    model = counted.model
     vectors = encodings.matryoshka(
         vectors, dimensions=request.dimensions, normalized=request.normalized
     )
@@ -295,6 +302,12 @@ def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> d
         ],
         "usage": usage,
     }
+
+
+def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> dict[str, Any]:
+    """Run the backend and build the response body (vectors encoded as asked)."""
+    vectors = embeddings_vectors(counted=counted)
+    return embeddings_body(counted=counted, request=request, vectors=vectors)
 
 
 def embeddings_create(*, meter: Meter, request: EmbeddingRequest) -> dict[str, Any]:

