@@ -20,6 +20,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_ratelimit.decorators import ratelimit
 
+from batch.selectors import batch_job_list
 from billing.metering import limits_for
 from billing.models import ApiKey, User
 from billing.payments import auto_recharge_get, payment_list
@@ -135,6 +136,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     user = _user(request)
     rows = selectors.usage_by_day(user=user, by=("model", "api_key__prefix"))
     keys = [(key, limits_for(key)) for key in api_key_list(user=user)]
+    jobs = [job for key, _ in keys for job in batch_job_list(api_key=key, limit=10)]
     context = {
         "keys": keys,
         "new_key": request.session.pop("new_key", None),
@@ -160,6 +162,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "by_model": selectors.usage_totals(rows=rows, by="model"),
         "by_key": selectors.usage_totals(rows=rows, by="api_key__prefix"),
         "payments": payment_list(user=user)[:10],
+        "jobs": sorted(jobs, key=lambda job: job.created_at, reverse=True)[:10],
     }
     return render(request, "web/dashboard.html", context)
 
@@ -202,6 +205,7 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "key": api_key,
         "limits": limits_for(api_key),
         "recharge": auto_recharge_get(api_key=api_key),
+        "jobs": list(batch_job_list(api_key=api_key, limit=20)),
         "ledger": page,
         "by_model": selectors.usage_totals(rows=rows, by="model"),
         "tokens_chart": bar_chart(

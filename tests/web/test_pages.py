@@ -306,3 +306,32 @@ def test_the_api_reference_covers_every_v1_route_and_needs_no_cdn() -> None:
     assert scripts and all(src.startswith("/static/") for src in scripts), scripts
     playground = Client().get("/").content.decode()
     assert 'href="/docs/"' in playground
+
+
+def test_the_dashboard_and_key_page_list_a_keys_batch_jobs_with_progress(
+    default_model: Any,
+) -> None:
+    from batch.processing import batch_job_process
+
+    api_key = ApiKeyFactory()
+    lines = [{"custom_id": f"line-{i}", "body": {"input": f"text {i}"}} for i in range(3)]
+    created = Client().post(
+        "/v1/batch/embeddings",
+        {"model": "all-MiniLM-L6-v2", "input": lines},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key.plaintext}",
+    )
+    assert created.status_code == 200, created.content
+    job_id = created.json()["batch_id"]
+    client = logged_in(api_key.user)
+    pending = re.search(
+        rf'<tr data-job="{job_id}">(.*?)</tr>', client.get("/dashboard/").content.decode(), re.S
+    )
+    assert pending is not None and 'data-done="0"' in pending.group(1)
+    batch_job_process(job_id=job_id)  # what a worker does
+    for url in ("/dashboard/", f"/dashboard/keys/{api_key.pk}/"):
+        page = client.get(url).content.decode()
+        row = re.search(rf'<tr data-job="{job_id}">(.*?)</tr>', page, re.S)
+        assert row is not None, url
+        assert "Completed" in row.group(1) and 'data-done="3"' in row.group(1)
+    assert job_id not in logged_in(UserFactory()).get("/dashboard/").content.decode()
