@@ -171,7 +171,9 @@ class WorkerLauncher:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.config.env}
         command = vllm_command(self.config)
         self.log(f"starting: {' '.join(command)}")
-        self.process = subprocess.Popen(command, env=env)  # noqa: S603 - the operator's own config
+        # Its own process group: vLLM forks an engine process that would outlive a plain
+        # terminate() of the server and keep the accelerator's memory.
+        self.process = subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603 - the operator's own config
         try:
             if not self._wait_healthy():
                 return 1
@@ -216,9 +218,14 @@ class WorkerLauncher:
     def _leave(self) -> None:
         with contextlib.suppress(httpx.HTTPError):  # else the heartbeat TTL takes it out
             self._gateway("DELETE")
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is None:
+            return
+        group = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left
+            os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)

@@ -7,6 +7,7 @@ torchvision/torchaudio/torchcodec).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,13 +89,39 @@ heartbeat_seconds = 2
         return min(pids)
 
     def stop(self) -> None:
+        vllm_session = 0
         if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(AssertionError, ValueError):
+                vllm_session = self.vllm_pid()
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", "--", f"--port {self.port}"], check=False)
+        # Nothing of this worker may outlive it: the launcher runs vLLM in its own session,
+        # and vLLM's engine process must go with it.
+        if vllm_session:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and self._session_alive(vllm_session):
+                time.sleep(0.2)
+            assert not self._session_alive(vllm_session), "vLLM processes outlived their launcher"
+
+    @staticmethod
+    def _session_alive(session: int) -> bool:
+        found = subprocess.run(["pgrep", "-s", str(session)], capture_output=True, text=True)
+        return bool(found.stdout.split())
+
+
+def _in_session(pid: int, launcher: subprocess.Popen[bytes] | None) -> bool:
+    """Whether a process descends from this launcher (its session or its vLLM's)."""
+    if launcher is None:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return int(stat[3]) == launcher.pid or int(stat[1]) == launcher.pid  # session id or parent
 
 
 @pytest.fixture
