@@ -22,6 +22,7 @@ from billing.payments import auto_recharge_wanted
 from billing.tasks import auto_recharge, task_enqueue
 from billing.usage import usage_record_refused
 from embeddings_site.errors import ApiError, ErrorCode
+from embeddings_site.metrics import request_observe
 
 logger = logging.getLogger(__name__)
 
@@ -146,16 +147,31 @@ class Meter:
         if self.usage is not None and not usage_succeed(
             usage=self.usage, latency_ms=self.latency_ms
         ):
-            raise ApiError(
+            error = ApiError(
                 ErrorCode.SERVICE_TIMEOUT,
                 "The request took too long and was cancelled; it was not charged.",
             )
+            self._observe(error)
+            raise error
+        self._observe(None)
+
+    def _observe(self, error: ApiError | None) -> None:
+        request_observe(
+            endpoint=self.endpoint,
+            model=self.model,
+            status=error.status if error else 200,
+            code=error.code.value if error else "",
+            text_tokens=self.text_tokens,
+            image_tokens=self.image_tokens,
+            seconds=self.latency_ms / 1000,
+        )
 
     def fail(self, error: ApiError) -> None:
         """The request ends with an error: refund the debit, or record the refusal."""
         if self._settled:
             return
         self._settled = True
+        self._observe(error)
         if self.usage is not None:
             usage_refund(
                 usage=self.usage,

@@ -230,6 +230,11 @@ TORCH_NUM_THREADS = env_int("TORCH_NUM_THREADS", 0)
 EMBEDDINGS_DYNAMIC_BATCHING = env_bool("EMBEDDINGS_DYNAMIC_BATCHING", default=True)
 EMBEDDINGS_BATCH_WAIT_MS = float(env_str("EMBEDDINGS_BATCH_WAIT_MS", "2"))
 EMBEDDINGS_MAX_BATCH_TOKENS = env_int("EMBEDDINGS_MAX_BATCH_TOKENS", 8192)
+# Active keys are cached this many seconds per process: a revocation reaches every process
+# within that time (at once in the one that revoked). 0 turns the cache off.
+KEY_CACHE_SECONDS = float(env_str("KEY_CACHE_SECONDS", "5"))
+# /metrics answers `Authorization: Bearer <METRICS_TOKEN>` and signed-in staff; 404 otherwise.
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 # Load enabled models in the background when the server starts, so the first request is fast.
 EMBEDDINGS_WARM_ON_START = env_bool("EMBEDDINGS_WARM_ON_START", default=True)
 

@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from django_ratelimit.decorators import ratelimit
 
 from billing import pages as billing_pages
+from embeddings_site.metrics import metrics_view
 from inference import health
 from inference.views import EmbeddingCreateApi, ModelDetailApi, ModelListApi
 from inference.worker_api import WorkerHeartbeatApi
@@ -21,6 +22,7 @@ urlpatterns = [
     re_path(r"^v1/models/(?P<model_id>.+?)/?$", ModelDetailApi.as_view(), name="models-detail"),
     path("", include("batch.urls")),
     path("internal/workers", WorkerHeartbeatApi.as_view(), name="workers-heartbeat"),
+    path("metrics", metrics_view, name="metrics"),
     path("health", health.health, name="health"),
     path("live", health.live, name="live"),
     path("ready", health.ready, name="ready"),

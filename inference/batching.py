@@ -53,8 +53,10 @@ class DynamicBatcher:
         max_batch_tokens: int = 8192,
         max_wait: float = 0.002,
         name: str = "batcher",
+        on_pass: Callable[[int], None] | None = None,
     ) -> None:
         self._forward = forward
+        self._on_pass = on_pass
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait
         self._queue: deque[_Request] = deque()
@@ -134,6 +136,8 @@ class DynamicBatcher:
                         failed[id(request)] = exc
                     continue
                 self._passes += 1
+                if self._on_pass is not None:
+                    self._on_pass(len(live))
                 for (request, index), row in zip(live, rows, strict=True):
                     request.rows[index] = row
             self._items += len(work)

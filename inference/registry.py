@@ -47,6 +47,7 @@ def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
             else None,
             max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
             cache_dir=settings.DATA_DIR / "onnx",
+            label=model.name,
         )
     if model.backend == EmbeddingModel.Backend.CLIP:
         return ClipCpuBackend(model_dir=directory, num_threads=settings.TORCH_NUM_THREADS)

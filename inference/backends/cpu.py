@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from embeddings_site.metrics import BATCH_ITEMS
 from inference.backends.base import BackendError, BackendHealth, EmbeddingBackend, EmbedItem
 from inference.batching import DynamicBatcher
 
@@ -47,8 +48,10 @@ class TransformersCpuBackend(EmbeddingBackend):
         max_batch_tokens: int = 8192,
         num_threads: int = 0,
         batch_wait: float | None = None,
+        label: str = "",
     ) -> None:
         self.model_dir = model_dir
+        self.label = label or model_dir.name
         self.pooling = pooling
         self.max_batch_tokens = max_batch_tokens
         self.num_threads = num_threads
@@ -81,7 +84,8 @@ class TransformersCpuBackend(EmbeddingBackend):
                 self._forward,
                 max_batch_tokens=self.max_batch_tokens,
                 max_wait=self.batch_wait,
-                name=f"batcher-{self.model_dir.name}",
+                name=f"batcher-{self.label}",
+                on_pass=BATCH_ITEMS.labels(self.label).observe,
             )
 
     def health(self) -> BackendHealth:
@@ -160,6 +164,7 @@ def cpu_backend_for(
     batch_wait: float | None = None,
     max_batch_tokens: int = 8192,
     cache_dir: Path | None = None,
+    label: str = "",
 ) -> TransformersCpuBackend:
     """The CPU backend for a runtime: torch, onnx or onnx-int8 (ONNX falls back to torch when
     its vectors drift from torch's)."""
@@ -169,6 +174,7 @@ def cpu_backend_for(
         "num_threads": num_threads,
         "batch_wait": batch_wait,
         "max_batch_tokens": max_batch_tokens,
+        "label": label,
     }
     if runtime == "torch":
         return TransformersCpuBackend(**common)

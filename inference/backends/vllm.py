@@ -26,6 +26,7 @@ from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
+from embeddings_site.metrics import worker_call
 from inference.backends.base import (
     BackendError,
     BackendHealth,
@@ -274,7 +275,8 @@ class VllmBackend(EmbeddingBackend):
             tried.add(worker.url)
             failed = True
             try:
-                vectors = self._post(worker, make_payload(worker))
+                with worker_call(model=self.model_name, worker=worker.url):
+                    vectors = self._post(worker, make_payload(worker))
                 failed = False
                 return vectors
             except _WorkerFailed as exc:
