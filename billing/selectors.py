@@ -2,24 +2,69 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet, Sum
 
 from billing.keys import key_digest, key_is_well_formed
 from billing.models import ApiKey, LedgerEntry, UsageDaily, UsageRecord, User
 
 
+class _KeyCache:
+    """Active keys by digest for KEY_CACHE_SECONDS, in this process: the hot path skips a
+    query per request. A revoked key or suspended user is refused by every process within that
+    many seconds, and at once by the process that made the change (api_key_cache_clear)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, ApiKey]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> ApiKey | None:
+        entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, api_key: ApiKey) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:  # bounded: drop everything, it refills in seconds
+                self._entries.clear()
+            self._entries[digest] = (time.monotonic() + settings.KEY_CACHE_SECONDS, api_key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_key_cache = _KeyCache()
+
+
+def api_key_cache_clear() -> None:
+    """Forget the cached keys of this process (after a revocation or suspension)."""
+    _key_cache.clear()
+
+
 def api_key_get_active(*, key: str) -> ApiKey | None:
     """The active key for a plaintext key, or None; malformed keys never reach the database."""
     if not key_is_well_formed(key):
         return None
-    return (
+    digest = key_digest(key)
+    if settings.KEY_CACHE_SECONDS > 0:
+        cached = _key_cache.get(digest)
+        if cached is not None:
+            return cached
+    api_key = (
         ApiKey.objects.select_related("user", "auto_recharge")
-        .filter(digest=key_digest(key), revoked_at__isnull=True, user__is_active=True)
+        .filter(digest=digest, revoked_at__isnull=True, user__is_active=True)
         .first()
     )
+    if api_key is not None and settings.KEY_CACHE_SECONDS > 0:
+        _key_cache.put(digest, api_key)
+    return api_key
 
 
 def api_key_list(*, user: User) -> QuerySet[ApiKey]:

@@ -11,6 +11,7 @@ from django.utils import timezone
 from billing.keys import key_digest, key_display_prefix, key_generate
 from billing.ledger import balance_credit
 from billing.models import ApiKey, LedgerEntry, Tier, User
+from billing.selectors import api_key_cache_clear
 
 # last_used_at is for people reading a dashboard; one write a minute per key is precise enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -37,6 +38,7 @@ def user_suspend(*, user: User, suspended: bool = True) -> User:
     """Suspend (or restore) a user: a suspended user cannot log in and their keys are refused."""
     user.is_active = not suspended
     user.save(update_fields=["is_active"])
+    api_key_cache_clear()
     return user
 
 
@@ -128,6 +130,7 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
         ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
             revoked_at=api_key.revoked_at
         )
+    api_key_cache_clear()
     return api_key
 
 

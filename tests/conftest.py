@@ -32,6 +32,16 @@ def _metering_in_process(settings: Any) -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_key_cache() -> Any:
+    """Each test starts with no key cached by an earlier one."""
+    from billing.selectors import api_key_cache_clear
+
+    api_key_cache_clear()
+    yield
+    api_key_cache_clear()
+
+
+@pytest.fixture(autouse=True)
 def _ledger_stays_balanced(request: pytest.FixtureRequest) -> Any:
     """After every test that touches the database: each balance equals the sum of its ledger."""
     marker = request.node.get_closest_marker("django_db")

@@ -210,3 +210,21 @@ def test_createkey_prints_only_the_key_on_the_last_line(tmp_path: Path) -> None:
     )
     assert bad.returncode != 0
     assert "Traceback" not in bad.stderr
+
+
+def test_a_key_revoked_by_another_process_is_refused_within_the_cache_time(
+    post_embeddings, api_key, settings
+) -> None:
+    """ADVERSARIAL 2's "within seconds": the cache never serves a revoked key longer than
+    KEY_CACHE_SECONDS (here 0.3 s) — another process's revocation is a bare database update."""
+    import time
+
+    from django.utils import timezone
+
+    from billing.models import ApiKey
+
+    settings.KEY_CACHE_SECONDS = 0.3
+    assert post_embeddings({"input": "hello"}).status_code == 200
+    ApiKey.objects.filter(pk=api_key.pk).update(revoked_at=timezone.now())
+    time.sleep(0.35)
+    assert post_embeddings({"input": "hello"}).status_code == 401
