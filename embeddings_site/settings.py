@@ -228,11 +228,14 @@ TORCH_NUM_THREADS = env_int("TORCH_NUM_THREADS", 0)
 # most EMBEDDINGS_MAX_BATCH_TOKENS padded tokens, a pass waiting up to EMBEDDINGS_BATCH_WAIT_MS
 # for requests to join it.
 EMBEDDINGS_DYNAMIC_BATCHING = env_bool("EMBEDDINGS_DYNAMIC_BATCHING", default=True)
-EMBEDDINGS_BATCH_WAIT_MS = float(env_str("EMBEDDINGS_BATCH_WAIT_MS", "2"))
-EMBEDDINGS_MAX_BATCH_TOKENS = env_int("EMBEDDINGS_MAX_BATCH_TOKENS", 8192)
+EMBEDDINGS_BATCH_WAIT_MS = float(env_str("EMBEDDINGS_BATCH_WAIT_MS", "0"))
+# 2048: on CPU, smaller passes beat bigger ones (bench/cpu_backend.py --max-batch-tokens).
+EMBEDDINGS_MAX_BATCH_TOKENS = env_int("EMBEDDINGS_MAX_BATCH_TOKENS", 2048)
 # Active keys are cached this many seconds per process: a revocation reaches every process
 # within that time (at once in the one that revoked). 0 turns the cache off.
 KEY_CACHE_SECONDS = float(env_str("KEY_CACHE_SECONDS", "5"))
+# Registry rows are cached as long per process (an edit clears the cache of its own process).
+MODEL_CACHE_SECONDS = float(env_str("MODEL_CACHE_SECONDS", "5"))
 # /metrics answers `Authorization: Bearer <METRICS_TOKEN>` and signed-in staff; 404 otherwise.
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 # Load enabled models in the background when the server starts, so the first request is fast.

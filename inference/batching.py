@@ -50,7 +50,7 @@ class DynamicBatcher:
         self,
         forward: ForwardPass,
         *,
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 2048,
         max_wait: float = 0.002,
         name: str = "batcher",
         on_pass: Callable[[int], None] | None = None,

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+from django.conf import settings
 from django.db.models import Q, QuerySet
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 
 from inference.models import EmbeddingModel
 
@@ -13,11 +18,30 @@ def embedding_model_list(*, enabled_only: bool = True) -> QuerySet[EmbeddingMode
     return models.filter(enabled=True) if enabled_only else models
 
 
+# name -> (expires, model): the registry changes rarely and is read on every request.
+_models: dict[str, tuple[float, EmbeddingModel]] = {}
+
+
+@receiver([post_save, post_delete], sender=EmbeddingModel)
+def embedding_model_cache_clear(**kwargs: object) -> None:
+    """Forget cached registry rows (any registry edit in this process; other processes follow
+    within MODEL_CACHE_SECONDS)."""
+    _models.clear()
+
+
 def embedding_model_get(*, name: str) -> EmbeddingModel | None:
     """An enabled model by its name or its Hugging Face id (`org/name`)."""
-    return (
+    cached = _models.get(name)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    model = (
         EmbeddingModel.objects.filter(enabled=True)
         .filter(Q(name=name) | Q(hugging_face_id=name))
         .order_by("name")
         .first()
     )
+    if model is not None and settings.MODEL_CACHE_SECONDS > 0:
+        if len(_models) > 1000:
+            _models.clear()
+        _models[name] = (time.monotonic() + settings.MODEL_CACHE_SECONDS, model)
+    return model

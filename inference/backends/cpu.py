@@ -45,7 +45,7 @@ class TransformersCpuBackend(EmbeddingBackend):
         *,
         model_dir: Path,
         pooling: str = "mean",
-        max_batch_tokens: int = 8192,
+        max_batch_tokens: int = 2048,
         num_threads: int = 0,
         batch_wait: float | None = None,
         label: str = "",
@@ -162,7 +162,7 @@ def cpu_backend_for(
     pooling: str = "mean",
     num_threads: int = 0,
     batch_wait: float | None = None,
-    max_batch_tokens: int = 8192,
+    max_batch_tokens: int = 2048,
     cache_dir: Path | None = None,
     label: str = "",
 ) -> TransformersCpuBackend:

@@ -123,7 +123,15 @@ class OnnxCpuBackend(TransformersCpuBackend):
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             partial = int8.with_suffix(".onnx.part")
-            quantize_dynamic(str(plain), str(partial), weight_type=QuantType.QInt8)
+            # Per-channel int8 weights of the MatMuls only: the least lossy dynamic scheme
+            # (whole-graph per-tensor int8 left MiniLM at cosine 0.78 against torch).
+            quantize_dynamic(
+                str(plain),
+                str(partial),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul"],
+            )
             partial.rename(int8)
         return int8
 
