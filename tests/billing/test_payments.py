@@ -676,3 +676,36 @@ def test_turning_auto_recharge_on_needs_a_saved_card(
             api_key=api_key, enabled=False, threshold_tokens=1, pack_id="nope", monthly_cap_amount=1
         )
     assert [pack.id for pack in token_packs()] == ["small", "large"]
+
+
+def test_a_batch_jobs_debit_also_triggers_auto_recharge(
+    stripe_on: LocalStripe, buyer: tuple[Client, User, ApiKey], default_model: Any
+) -> None:
+    from batch.processing import batch_job_process
+
+    client, user, api_key = buyer
+    save_card(client, stripe_on, CARD_OK)
+    enable_auto_recharge(client, api_key, threshold=balance(api_key))  # any debit crosses it
+    before = balance(api_key)
+    lines = [{"custom_id": f"line-{i}", "body": {"input": f"text number {i}"}} for i in range(4)]
+    created = client.post(
+        "/v1/batch/embeddings",
+        {"model": default_model.name, "input": lines},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key.plaintext}",  # type: ignore[attr-defined]
+    )
+    assert created.status_code == 200, created.content
+    batch_job_process(job_id=created.json()["batch_id"])  # what a worker does
+    local_tasks_wait()
+    spent = client.get(
+        f"/v1/batch/{created.json()['batch_id']}",
+        HTTP_AUTHORIZATION=f"Bearer {api_key.plaintext}",  # type: ignore[attr-defined]
+    ).json()["stats"]["total_tokens"]
+    assert spent > 0
+    assert (
+        Payment.objects.filter(
+            kind=Payment.Kind.AUTO_RECHARGE, status=Payment.Status.SUCCEEDED
+        ).count()
+        == 1
+    )
+    assert balance(api_key) == before - spent + 1_000_000
