@@ -28,9 +28,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=640, help="one-text requests per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the gateway")
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
-    with BenchGateway(threads=48, env=env) as gateway:
+    with BenchGateway(workers=args.workers, threads=48, env=env) as gateway:
         url = f"{gateway.url}/v1/embeddings"
         client = httpx.Client(
             timeout=120, headers=gateway.headers, limits=httpx.Limits(max_connections=64)
