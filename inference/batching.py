@@ -27,6 +27,28 @@ logger = logging.getLogger(__name__)
 ForwardPass = Callable[[list[EmbedItem]], list[np.ndarray]]
 
 
+def token_budget_passes(items: Sequence[EmbedItem], max_batch_tokens: int) -> list[list[int]]:
+    """Item indexes in length-sorted groups whose padded size stays within max_batch_tokens.
+    Late-chunking items run alone: their spans index into their own sequence."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        alone = items[index].spans is not None
+        if current and (
+            alone or (len(current) + 1) * len(items[index].token_ids) > max_batch_tokens
+        ):
+            groups.append(current)
+            current = []
+        current.append(index)
+        if alone:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
 @dataclass
 class _Request:
     items: Sequence[EmbedItem]
@@ -98,35 +120,16 @@ class DynamicBatcher:
                 tokens += sum(len(item.token_ids) for item in request.items)
             return taken
 
-    def _passes_for(self, work: list[tuple[_Request, int]]) -> list[list[tuple[_Request, int]]]:
-        """Length-sorted groups whose padded size stays within the budget; late-chunking items
-        (their spans index into their own sequence) run alone."""
-        work.sort(key=lambda entry: len(entry[0].items[entry[1]].token_ids))
-        groups: list[list[tuple[_Request, int]]] = []
-        current: list[tuple[_Request, int]] = []
-        for entry in work:
-            item = entry[0].items[entry[1]]
-            alone = item.spans is not None
-            if current and (
-                alone or (len(current) + 1) * len(item.token_ids) > self.max_batch_tokens
-            ):
-                groups.append(current)
-                current = []
-            current.append(entry)
-            if alone:
-                groups.append(current)
-                current = []
-        if current:
-            groups.append(current)
-        return groups
-
     def _run(self) -> None:
         while True:
             requests = self._take()
             work = [(request, index) for request in requests for index in range(len(request.items))]
             failed: dict[int, BaseException] = {}
-            for group in self._passes_for(work):
-                live = [entry for entry in group if id(entry[0]) not in failed]
+            groups = token_budget_passes(
+                [request.items[index] for request, index in work], self.max_batch_tokens
+            )
+            for group in groups:
+                live = [work[position] for position in group if id(work[position][0]) not in failed]
                 if not live:
                     continue
                 try:

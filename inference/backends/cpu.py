@@ -12,7 +12,7 @@ import numpy as np
 
 from embeddings_site.metrics import BATCH_ITEMS
 from inference.backends.base import BackendError, BackendHealth, EmbeddingBackend, EmbedItem
-from inference.batching import DynamicBatcher
+from inference.batching import DynamicBatcher, token_budget_passes
 
 
 def _import_torch() -> Any:
@@ -101,30 +101,10 @@ class TransformersCpuBackend(EmbeddingBackend):
         if self.batcher is not None:
             return self.batcher.embed(items)
         per_item: list[np.ndarray | None] = [None] * len(items)
-        order = sorted(range(len(items)), key=lambda i: len(items[i].token_ids))
-        for batch in self._batches(order, items):
+        for batch in token_budget_passes(items, self.max_batch_tokens):
             for index, vectors in zip(batch, self._forward([items[i] for i in batch]), strict=True):
                 per_item[index] = vectors
         return np.concatenate([v for v in per_item if v is not None], axis=0)
-
-    def _batches(self, order: list[int], items: Sequence[EmbedItem]) -> list[list[int]]:
-        """Groups of item indexes whose padded size stays within max_batch_tokens."""
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for index in order:
-            length = len(items[index].token_ids)
-            # Late-chunking items run alone: their spans index into their own sequence.
-            alone = items[index].spans is not None
-            if current and (alone or (len(current) + 1) * length > self.max_batch_tokens):
-                batches.append(current)
-                current = []
-            current.append(index)
-            if alone:
-                batches.append(current)
-                current = []
-        if current:
-            batches.append(current)
-        return batches
 
     def _forward(self, batch: list[EmbedItem]) -> list[np.ndarray]:
         torch = _import_torch()
