@@ -7,10 +7,11 @@ import logging
 import queue
 import threading
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from billing.models import UsageDaily, UsageRecord
@@ -112,14 +113,12 @@ def usage_record_refused(
     )
 
 
-@transaction.atomic
-def usage_rollup_day(*, day: date) -> int:
-    """Recompute the UsageDaily rows of one UTC day from the usage records (idempotent)."""
-    start = datetime.combine(day, time.min, tzinfo=UTC)
-    rows = (
-        UsageRecord.objects.filter(created_at__gte=start, created_at__lt=start + timedelta(days=1))
-        .exclude(status=UsageRecord.Status.PENDING)
-        .values("api_key_id", "model")
+def usage_sums(records: QuerySet[UsageRecord], *by: str) -> QuerySet[UsageRecord, dict[str, Any]]:
+    """Finished requests summed per `by` fields: requests, errors, tokens of served requests
+    and charged tokens — the figures of a UsageDaily row."""
+    return (
+        records.exclude(status=UsageRecord.Status.PENDING)
+        .values(*by)
         .annotate(
             requests=Count("id"),
             errors=Count("id", filter=~Q(status=UsageRecord.Status.SUCCEEDED)),
@@ -128,6 +127,16 @@ def usage_rollup_day(*, day: date) -> int:
             charged_tokens=Sum("charged_tokens"),
         )
     )
+
+
+@transaction.atomic
+def usage_rollup_day(*, day: date) -> int:
+    """Recompute the UsageDaily rows of one UTC day from the usage records (idempotent)."""
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    day_records = UsageRecord.objects.filter(
+        created_at__gte=start, created_at__lt=start + timedelta(days=1)
+    )
+    rows = usage_sums(day_records, "api_key_id", "model")
     UsageDaily.objects.filter(day=day).delete()
     UsageDaily.objects.bulk_create(
         UsageDaily(

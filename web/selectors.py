@@ -10,6 +10,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from billing.models import ApiKey, Payment, UsageDaily, UsageRecord, User
+from billing.usage import usage_sums
 from inference.models import Worker
 from web.charts import Bar
 
@@ -18,20 +19,9 @@ USAGE_FIELDS = ("requests", "errors", "text_tokens", "image_tokens", "charged_to
 
 def _live_today(records: QuerySet[UsageRecord], by: tuple[str, ...]) -> list[dict[str, Any]]:
     """Today's usage from the request rows themselves: a dashboard is exact the moment after a
-    request, without waiting for the rollup (same sums as billing.usage.usage_rollup_day)."""
+    request, without waiting for the rollup."""
     start = datetime.combine(timezone.now().date(), time.min, tzinfo=UTC)
-    return list(
-        records.filter(created_at__gte=start)
-        .exclude(status=UsageRecord.Status.PENDING)
-        .values(*by)
-        .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=~Q(status=UsageRecord.Status.SUCCEEDED)),
-            text_tokens=Sum("text_tokens", filter=Q(status=UsageRecord.Status.SUCCEEDED)),
-            image_tokens=Sum("image_tokens", filter=Q(status=UsageRecord.Status.SUCCEEDED)),
-            charged_tokens=Sum("charged_tokens"),
-        )
-    )
+    return list(usage_sums(records.filter(created_at__gte=start), *by))
 
 
 def usage_by_day(
