@@ -1,19 +1,15 @@
-from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
-from django_ratelimit.decorators import ratelimit
 
 from billing import pages as billing_pages
+from embeddings_site.ip_limits import posts_limited_per_ip
 from embeddings_site.metrics import metrics_view
 from inference import health
 from inference.views import EmbeddingCreateApi, ModelDetailApi, ModelListApi
 from inference.worker_api import WorkerHeartbeatApi
 
 # Sign-in forms are limited per client IP.
-_login_limit = ratelimit(
-    key="ip", rate=lambda group, request: settings.IP_RATE_LIMIT_LOGIN, method="POST", block=True
-)
-admin.site.login = _login_limit(admin.site.login)  # type: ignore[method-assign]
+admin.site.login = posts_limited_per_ip("IP_RATE_LIMIT_LOGIN")(admin.site.login)  # type: ignore[method-assign]
 
 # /v1 routes take an optional trailing slash: clients differ, and a redirect would drop a POST body.
 urlpatterns = [

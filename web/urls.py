@@ -1,17 +1,9 @@
-from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.urls import path
-from django_ratelimit.decorators import ratelimit
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
+from embeddings_site.ip_limits import posts_limited_per_ip as _limit
 from web import views
-
-
-def _limit(setting: str):  # type: ignore[no-untyped-def]
-    return ratelimit(
-        key="ip", rate=lambda group, request: getattr(settings, setting), method="POST", block=True
-    )
-
 
 urlpatterns = [
     path("", views.playground, name="playground"),

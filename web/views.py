@@ -18,7 +18,6 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_ratelimit.decorators import ratelimit
 
 from batch.selectors import batch_job_list
 from billing.metering import limits_for
@@ -34,6 +33,7 @@ from billing.services import (
     user_suspend,
     visitor_trial_key_create,
 )
+from embeddings_site.ip_limits import posts_limited_per_ip
 from inference.selectors import embedding_model_list
 from web import selectors
 from web.charts import bar_chart
@@ -45,16 +45,6 @@ def _user(request: HttpRequest) -> User:
     if not isinstance(user, User):
         raise PermissionDenied
     return user
-
-
-def _form_limit(rate_setting: str) -> Any:
-    """Per-IP limit on a form's POSTs (django-ratelimit, on the Django cache)."""
-    return ratelimit(
-        key="ip",
-        rate=lambda group, request: getattr(settings, rate_setting),
-        method="POST",
-        block=True,
-    )
 
 
 def staff_required(view: Any) -> Any:
@@ -96,7 +86,7 @@ def playground(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-@_form_limit("IP_RATE_LIMIT_TRIAL_KEY")
+@posts_limited_per_ip("IP_RATE_LIMIT_TRIAL_KEY")
 def trial_key(request: HttpRequest) -> JsonResponse:
     """A key for the playground: a new key for a signed-in user, a trial key for a visitor."""
     if request.user.is_authenticated:
@@ -112,7 +102,7 @@ def trial_key(request: HttpRequest) -> JsonResponse:
 
 
 @require_http_methods(["GET", "POST"])
-@_form_limit("IP_RATE_LIMIT_SIGNUP")
+@posts_limited_per_ip("IP_RATE_LIMIT_SIGNUP")
 def sign_up(request: HttpRequest) -> HttpResponse:
     """Create an account and log in."""
     form = SignUpForm(request.POST or None)
@@ -169,7 +159,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-@_form_limit("IP_RATE_LIMIT_FORMS")
+@posts_limited_per_ip("IP_RATE_LIMIT_FORMS")
 def key_create(request: HttpRequest) -> HttpResponse:
     """Issue a key; its plaintext is shown once, on the next page."""
     form = KeyCreateForm(request.POST)
