@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import date
 from typing import Any
 
@@ -12,35 +10,12 @@ from django.db.models import QuerySet, Sum
 
 from billing.keys import key_digest, key_is_well_formed
 from billing.models import ApiKey, LedgerEntry, UsageDaily, UsageRecord, User
+from embeddings_site.ttl_cache import TtlCache
 
-
-class _KeyCache:
-    """Active keys by digest for KEY_CACHE_SECONDS, in this process: the hot path skips a
-    query per request. A revoked key or suspended user is refused by every process within that
-    many seconds, and at once by the process that made the change (api_key_cache_clear)."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, ApiKey]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> ApiKey | None:
-        entry = self._entries.get(digest)
-        if entry is None or entry[0] < time.monotonic():
-            return None
-        return entry[1]
-
-    def put(self, digest: str, api_key: ApiKey) -> None:
-        with self._lock:
-            if len(self._entries) > 10_000:  # bounded: drop everything, it refills in seconds
-                self._entries.clear()
-            self._entries[digest] = (time.monotonic() + settings.KEY_CACHE_SECONDS, api_key)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-
-_key_cache = _KeyCache()
+# Active keys by digest for KEY_CACHE_SECONDS, in this process: the hot path skips a query per
+# request. A revoked key or suspended user is refused by every process within that many
+# seconds, and at once by the process that made the change (api_key_cache_clear).
+_key_cache: TtlCache[ApiKey] = TtlCache(max_entries=10_000)
 
 
 def api_key_cache_clear() -> None:
@@ -63,7 +38,7 @@ def api_key_get_active(*, key: str) -> ApiKey | None:
         .first()
     )
     if api_key is not None and settings.KEY_CACHE_SECONDS > 0:
-        _key_cache.put(digest, api_key)
+        _key_cache.put(digest, api_key, seconds=settings.KEY_CACHE_SECONDS)
     return api_key
 
 

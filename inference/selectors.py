@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from embeddings_site.ttl_cache import TtlCache
 from inference.models import EmbeddingModel
 
 
@@ -18,8 +17,8 @@ def embedding_model_list(*, enabled_only: bool = True) -> QuerySet[EmbeddingMode
     return models.filter(enabled=True) if enabled_only else models
 
 
-# name -> (expires, model): the registry changes rarely and is read on every request.
-_models: dict[str, tuple[float, EmbeddingModel]] = {}
+# Registry rows by requested name: the registry changes rarely and is read on every request.
+_models: TtlCache[EmbeddingModel] = TtlCache(max_entries=1000)
 
 
 @receiver([post_save, post_delete], sender=EmbeddingModel)
@@ -32,8 +31,8 @@ def embedding_model_cache_clear(**kwargs: object) -> None:
 def embedding_model_get(*, name: str) -> EmbeddingModel | None:
     """An enabled model by its name or its Hugging Face id (`org/name`)."""
     cached = _models.get(name)
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1]
+    if cached is not None:
+        return cached
     model = (
         EmbeddingModel.objects.filter(enabled=True)
         .filter(Q(name=name) | Q(hugging_face_id=name))
@@ -41,7 +40,5 @@ def embedding_model_get(*, name: str) -> EmbeddingModel | None:
         .first()
     )
     if model is not None and settings.MODEL_CACHE_SECONDS > 0:
-        if len(_models) > 1000:
-            _models.clear()
-        _models[name] = (time.monotonic() + settings.MODEL_CACHE_SECONDS, model)
+        _models.put(name, model, seconds=settings.MODEL_CACHE_SECONDS)
     return model
