@@ -3,6 +3,8 @@ webhook endpoint. Views parse and render; billing.payments does the work."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -30,6 +32,24 @@ def _json_error(message: str, status: int = 400) -> JsonResponse:
     return JsonResponse({"error": {"message": message}}, status=status)
 
 
+def _payment_errors_as_json(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+    """The JSON endpoints the page's script calls answer a refusal with its reason: 400 for the
+    buyer's mistakes, 503 when payments are off, 502 when Stripe cannot be reached."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except payments.PaymentError as exc:
+            return _json_error(str(exc))
+        except stripe_api.StripeNotConfigured:
+            return _json_error("Payments are not configured on this server.", 503)
+        except stripe_api.StripeUnavailable as exc:
+            return _json_error(f"Stripe is unavailable: {exc}", 502)
+
+    return wrapped
+
+
 @login_required
 @require_GET
 def billing_page(request: HttpRequest) -> HttpResponse:
@@ -52,38 +72,29 @@ def billing_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
+@_payment_errors_as_json
 def card_setup(request: HttpRequest) -> JsonResponse:
     """Start saving a card: a SetupIntent's client secret for Stripe.js."""
-    try:
-        client_secret = payments.card_setup_start(user=_user(request))
-    except stripe_api.StripeNotConfigured:
-        return _json_error("Payments are not configured on this server.", 503)
-    except stripe_api.StripeUnavailable as exc:
-        return _json_error(f"Stripe is unavailable: {exc}", 502)
+    client_secret = payments.card_setup_start(user=_user(request))
     return JsonResponse({"client_secret": client_secret})
 
 
 @login_required
 @require_POST
+@_payment_errors_as_json
 def card_save(request: HttpRequest) -> JsonResponse:
     """Keep the card a SetupIntent confirmed in the browser."""
     user = _user(request)
     setup_intent_id = request.POST.get("setup_intent", "")
     if not setup_intent_id.startswith("seti_"):
         return _json_error("setup_intent is required.")
-    try:
-        payments.card_save(user=user, setup_intent_id=setup_intent_id)
-    except payments.PaymentError as exc:
-        return _json_error(str(exc))
-    except stripe_api.StripeNotConfigured:
-        return _json_error("Payments are not configured on this server.", 503)
-    except stripe_api.StripeUnavailable as exc:
-        return _json_error(f"Stripe is unavailable: {exc}", 502)
+    payments.card_save(user=user, setup_intent_id=setup_intent_id)
     return JsonResponse({"card_label": user.card_label})
 
 
 @login_required
 @require_POST
+@_payment_errors_as_json
 def topup(request: HttpRequest) -> JsonResponse:
     """Buy a pack for a key with the saved card."""
     user = _user(request)
@@ -91,16 +102,9 @@ def topup(request: HttpRequest) -> JsonResponse:
     api_key = ApiKey.objects.filter(pk=int(key_id), user=user).first() if key_id.isdigit() else None
     if api_key is None:
         return _json_error("Choose one of your keys.")
-    try:
-        payment, client_secret = payments.topup_pay(
-            user=user, api_key=api_key, pack_id=request.POST.get("pack", "")
-        )
-    except payments.PaymentError as exc:
-        return _json_error(str(exc))
-    except stripe_api.StripeNotConfigured:
-        return _json_error("Payments are not configured on this server.", 503)
-    except stripe_api.StripeUnavailable as exc:
-        return _json_error(f"Stripe is unavailable: {exc}", 502)
+    payment, client_secret = payments.topup_pay(
+        user=user, api_key=api_key, pack_id=request.POST.get("pack", "")
+    )
     return_url = reverse("payment-detail", args=[payment.pk])
     if payment.stripe_payment_intent_id:
         return_url = reverse("topup-return") + f"?payment_intent={payment.stripe_payment_intent_id}"
