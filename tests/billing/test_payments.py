@@ -130,6 +130,13 @@ def pending_3ds_topup(
     return payment, body["client_secret"]
 
 
+def paid_at_stripe_only(client: Client, server: LocalStripe, api_key: ApiKey) -> Payment:
+    """A 3-D Secure top-up the buyer finished at Stripe; nothing has settled it here yet."""
+    payment, client_secret = pending_3ds_topup(client, server, api_key)
+    authenticate(server, payment.stripe_payment_intent_id or "", client_secret)
+    return payment
+
+
 # --- Top-up ----------------------------------------------------------------------------------
 
 
@@ -340,8 +347,7 @@ def test_bad_missing_or_re_serialised_signatures_are_refused_without_side_effect
 ) -> None:
     """ADVERSARIAL 11."""
     client, user, api_key = buyer
-    payment, client_secret = pending_3ds_topup(client, stripe_on, api_key)
-    authenticate(stripe_on, payment.stripe_payment_intent_id or "", client_secret)
+    payment = paid_at_stripe_only(client, stripe_on, api_key)
     before = balance(api_key)
     body = stripe_event("payment_intent.succeeded", {"id": payment.stripe_payment_intent_id})
     good = stripe_signature(body)
@@ -368,8 +374,7 @@ def test_signatures_from_301_seconds_ago_or_an_hour_ahead_are_refused(
 ) -> None:
     """ADVERSARIAL 12."""
     client, user, api_key = buyer
-    payment, client_secret = pending_3ds_topup(client, stripe_on, api_key)
-    authenticate(stripe_on, payment.stripe_payment_intent_id or "", client_secret)
+    payment = paid_at_stripe_only(client, stripe_on, api_key)
     before = balance(api_key)
     body = stripe_event("payment_intent.succeeded", {"id": payment.stripe_payment_intent_id})
     now = int(time.time())
@@ -385,8 +390,7 @@ def test_the_same_event_delivered_twice_at_once_credits_once(
 ) -> None:
     """ADVERSARIAL 13."""
     client, user, api_key = buyer
-    payment, client_secret = pending_3ds_topup(client, stripe_on, api_key)
-    authenticate(stripe_on, payment.stripe_payment_intent_id or "", client_secret)
+    payment = paid_at_stripe_only(client, stripe_on, api_key)
     before = balance(api_key)
     body = stripe_event("payment_intent.succeeded", {"id": payment.stripe_payment_intent_id})
     barrier = threading.Barrier(4)
@@ -459,8 +463,7 @@ def test_a_handler_failing_after_its_commit_is_retried_by_stripe_as_a_no_op(
 ) -> None:
     """ADVERSARIAL 14 (handler fails after commit)."""
     client, user, api_key = buyer
-    payment, client_secret = pending_3ds_topup(client, stripe_on, api_key)
-    authenticate(stripe_on, payment.stripe_payment_intent_id or "", client_secret)
+    payment = paid_at_stripe_only(client, stripe_on, api_key)
     before = balance(api_key)
     original = webhooks.HANDLERS["payment_intent.succeeded"]
 
