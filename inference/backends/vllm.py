@@ -3,8 +3,13 @@
 The gateway has already tokenized (it must count), so it sends token ids and the worker does
 not tokenize again; vectors come back as base64 float32. Each process keeps, per model:
 least-outstanding-requests choice among available workers, an active health check, and a
-circuit breaker. An embedding request is idempotent, so a failed one is retried once on
-another worker; a timeout is not retried (it would double the wait) and becomes a 504.
+circuit breaker.
+
+Error kinds decide what happens (TEI's `ErrorType`): a transport error or a 5xx blames the
+worker (its breaker counts it) and, an embedding request being idempotent, is retried once on
+another worker; a 4xx is the input's fault, so it reaches the client as BackendInputError, the
+worker stays in the pool and no other worker is bothered with it; a timeout is not retried (it
+would double the wait) and becomes a 504. Each call waits no longer than the request's deadline.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
+from embeddings_site.deadlines import current_deadline
 from embeddings_site.metrics import worker_call
 from inference.backends.base import (
     BackendError,
     BackendHealth,
+    BackendInputError,
+    BackendOverloaded,
     BackendTimeout,
     EmbeddingBackend,
     EmbedItem,
@@ -38,6 +46,11 @@ from inference.backends.base import (
 logger = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 2.0
+# How much of a worker's refusal reaches the client.
+REFUSAL_MESSAGE_CHARS = 300
+# 4xx answers that say the worker is set up wrong (served model name, auth, path), not that the
+# input is: another worker may be set up right.
+MISCONFIGURED_STATUSES = frozenset({401, 403, 404, 405})
 
 
 @dataclass
@@ -135,7 +148,37 @@ class WorkerPool:
 
 
 class _WorkerFailed(Exception):
-    pass
+    """The worker could not serve the request (transport error, 5xx): blame it, try another."""
+
+
+class _WorkerBusy(Exception):
+    """The worker answered 429: try another, without blaming it."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class _CallBudget:
+    """How long one worker call may take: the worker timeout, or less when the deadline is near."""
+
+    seconds: float
+    cut_by_deadline: bool
+
+
+def _call_budget() -> _CallBudget:
+    """The time limit of the next worker call; raises BackendTimeout once the deadline passed."""
+    limit = float(settings.WORKER_REQUEST_TIMEOUT_SECONDS)
+    deadline = current_deadline()
+    if deadline is None:
+        return _CallBudget(limit, cut_by_deadline=False)
+    if deadline.expired:
+        raise BackendTimeout("the request's deadline passed before a worker was called")
+    remaining = deadline.remaining()
+    if remaining < limit:
+        return _CallBudget(remaining, cut_by_deadline=True)
+    return _CallBudget(limit, cut_by_deadline=False)
 
 
 class VllmBackend(EmbeddingBackend):
@@ -265,10 +308,12 @@ class VllmBackend(EmbeddingBackend):
         }
 
     def _call(self, make_payload: Any) -> list[np.ndarray]:
-        """POST to the least-loaded worker; on failure once more to another one."""
+        """POST to the least-loaded worker; after a worker's failure once more to another one."""
         tried: set[str] = set()
         last_error = "no healthy worker"
+        busy: _WorkerBusy | None = None
         for _attempt in range(2):
+            budget = _call_budget()
             worker = self.pool.acquire(tried)
             if worker is None:
                 break
@@ -276,35 +321,88 @@ class VllmBackend(EmbeddingBackend):
             failed = True
             try:
                 with worker_call(model=self.model_name, worker=worker.url):
-                    vectors = self._post(worker, make_payload(worker))
+                    vectors = self._post(worker, make_payload(worker), budget)
                 failed = False
                 return vectors
+            except BackendInputError:
+                failed = False  # it answered, and another worker would refuse the input too
+                raise
+            except BackendTimeout:
+                # A call cut short by the request's deadline says nothing about the worker.
+                failed = not budget.cut_by_deadline
+                raise
+            except _WorkerBusy as exc:
+                failed, busy = False, exc
+                last_error = f"{worker.url}: {exc}"
             except _WorkerFailed as exc:
                 last_error = f"{worker.url}: {exc}"
                 logger.warning("Worker %s failed: %s", worker.url, exc)
             finally:
                 self.pool.release(worker, failed=failed)
+        if busy is not None:
+            raise BackendOverloaded(
+                f"the workers of {self.model_name} are busy ({last_error})",
+                retry_after=busy.retry_after,
+            )
         raise BackendError(f"no worker of {self.model_name} could serve the request ({last_error})")
 
-    def _post(self, worker: WorkerState, payload: dict[str, Any]) -> list[np.ndarray]:
+    def _post(
+        self, worker: WorkerState, payload: dict[str, Any], budget: _CallBudget
+    ) -> list[np.ndarray]:
+        timeout = httpx.Timeout(
+            budget.seconds, connect=min(settings.WORKER_CONNECT_TIMEOUT_SECONDS, budget.seconds)
+        )
         try:
-            response = self._http().post(f"{worker.url}/v1/embeddings", json=payload)
+            response = self._http().post(
+                f"{worker.url}/v1/embeddings", json=payload, timeout=timeout
+            )
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
             # Not retried: another worker would only double the client's wait.
+            waited = "the request's deadline" if budget.cut_by_deadline else "the worker timeout"
             raise BackendTimeout(
-                f"worker {worker.url} did not answer within {settings.WORKER_REQUEST_TIMEOUT_SECONDS:g} s"
+                f"worker {worker.url} did not answer within {budget.seconds:.3g} s ({waited})"
             ) from exc
         except httpx.HTTPError as exc:
             raise _WorkerFailed(type(exc).__name__) from exc
-        if response.status_code >= 500:
-            raise _WorkerFailed(f"HTTP {response.status_code}")
-        if response.status_code != 200:
-            # The worker refused the input itself; another worker would refuse it too.
-            raise BackendError(
-                f"worker refused the request: HTTP {response.status_code} {response.text[:200]}"
+        status = response.status_code
+        if status == 200:
+            data = sorted(response.json()["data"], key=lambda item: item["index"])
+            return [_decode(item["embedding"]) for item in data]
+        if status >= 500 or status in MISCONFIGURED_STATUSES:
+            raise _WorkerFailed(f"HTTP {status} {_refusal_message(response)}")
+        if status == 429:
+            raise _WorkerBusy(
+                f"HTTP 429 {_refusal_message(response)}", retry_after=_retry_after(response)
             )
-        data = sorted(response.json()["data"], key=lambda item: item["index"])
-        return [_decode(item["embedding"]) for item in data]
+        raise BackendInputError(_refusal_message(response))
+
+
+def _refusal_message(response: httpx.Response) -> str:
+    """The worker's own words, trimmed: vLLM's `{"error": {"message"}}`, TEI's `{"error": "…"}`."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    message: Any = None
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+        elif isinstance(error, str):
+            message = error
+        else:
+            message = body.get("message") or body.get("detail")
+    text = " ".join(str(message or response.text or f"HTTP {response.status_code}").split())
+    if len(text) > REFUSAL_MESSAGE_CHARS:
+        text = text[: REFUSAL_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", "1")), 0.0)
+    except ValueError:
+        return 1.0
 
 
 def _decode(embedding: Any) -> np.ndarray:
