@@ -31,10 +31,7 @@ from batch.services import (
     batch_job_start,
     batch_lines_model,
 )
-from billing.ledger import InsufficientBalance
 from billing.models import ApiKey
-from billing.payments import auto_recharge_wanted
-from billing.tasks import auto_recharge, task_enqueue
 from embeddings_site.errors import ApiError, ErrorCode, api_error_from_exception, error_body
 from embeddings_site.json import dumps
 from inference.backends.base import EmbedItem
@@ -45,6 +42,7 @@ from inference.services import (
     embeddings_body,
     embeddings_vectors,
 )
+from metering.ledger import InsufficientBalance
 
 logger = logging.getLogger(__name__)
 
@@ -198,8 +196,6 @@ class _Runner:
                 return
             if outcome is ChunkCommit.STALE:
                 return
-            if result.tokens and auto_recharge_wanted(api_key=job.api_key):
-                task_enqueue(auto_recharge, job.api_key_id)
 
     def _lines(self, job: BatchJob) -> list[BatchLine] | None:
         """The job's lines; a pending job starts here (its input_url fetched first)."""

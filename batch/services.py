@@ -24,12 +24,13 @@ from django.utils import timezone
 
 from batch.lines import EMBEDDINGS_ENDPOINT, BatchLine, batch_lines_from_jsonl, batch_lines_to_jsonl
 from batch.models import BatchChunk, BatchFile, BatchJob
-from billing.ledger import usage_admit, usage_succeed
 from billing.models import ApiKey
+from embeddings_site.background import task_enqueue_named
 from embeddings_site.errors import ApiError, ErrorCode
 from inference.image_fetch import ImageFetchError, check_public_url
 from inference.models import EmbeddingModel
 from inference.services import embedding_model_resolve
+from metering.lifecycle import Cost, charge_served
 
 COMPLETION_WINDOW = "24h"
 MAX_METADATA_KEYS = 16
@@ -40,10 +41,10 @@ def _new_id(prefix: str) -> str:
 
 
 def _enqueue_on_commit(task_name: str, job_id: str) -> None:
-    # Imported here: the tasks module imports the runner, which imports these services.
-    from batch import tasks
-
-    transaction.on_commit(lambda: tasks.batch_enqueue(getattr(tasks, task_name), job_id))
+    # By name: batch.tasks imports the runner, which imports these services.
+    transaction.on_commit(
+        lambda: task_enqueue_named(f"batch.tasks.{task_name}", job_id, pool="batch")
+    )
 
 
 # --- Files -----------------------------------------------------------------------------------
@@ -367,15 +368,14 @@ def batch_chunk_commit(*, job_id: str, token: str, result: ChunkResult) -> Chunk
         return ChunkCommit.STALE
     usage = None
     if result.tokens:
-        usage = usage_admit(
+        usage = charge_served(
             api_key=job.api_key,
             model=job.model,
-            text_tokens=result.text_tokens,
-            image_tokens=result.image_tokens,
+            cost=Cost(text_tokens=result.text_tokens, image_tokens=result.image_tokens),
             request_id=f"{job.id}:{result.index}",
             endpoint="batch",
+            latency_ms=result.latency_ms,
         )
-        usage_succeed(usage=usage, latency_ms=result.latency_ms)
     BatchChunk.objects.create(
         job=job,
         index=result.index,

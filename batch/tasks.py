@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
 from django.conf import settings
-from django.db import close_old_connections
 from django.utils import timezone
 
 from batch.formats import jina_batch_status
@@ -32,6 +29,7 @@ from batch.services import (
     batch_webhook_claim,
     batch_webhook_record,
 )
+from embeddings_site.background import periodic_start, task_enqueue
 from embeddings_site.json import dumps
 
 logger = logging.getLogger(__name__)
@@ -82,37 +80,10 @@ def _resume_after_worker_start(**kwargs: Any) -> None:
     batch_maintenance.apply_async(countdown=settings.BATCH_LEASE_SECONDS + 1)
 
 
-# The embedded default has no broker: jobs run on threads of this process. Not the billing
-# task pool: a job may run for hours and must not hold up auto-recharge charges.
-_local_pool: ThreadPoolExecutor | None = None
-_local_lock = threading.Lock()
-
-
-def _local_executor() -> ThreadPoolExecutor:
-    global _local_pool
-    with _local_lock:
-        if _local_pool is None:
-            _local_pool = ThreadPoolExecutor(
-                max_workers=settings.BATCH_LOCAL_WORKERS, thread_name_prefix="batch"
-            )
-        return _local_pool
-
-
-def _run_local(task: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    try:
-        task(*args)
-    except Exception:
-        logger.exception("Batch task %s failed", getattr(task, "name", task))
-    finally:
-        close_old_connections()
-
-
 def batch_enqueue(task: Any, *args: Any) -> None:
-    """Send a batch task to Celery when a broker is configured, else to this process's threads."""
-    if settings.CELERY_BROKER_URL:
-        task.delay(*args)
-        return
-    _local_executor().submit(_run_local, task, args)
+    """Send a batch task to Celery, or to this process's batch pool (not the default pool: a
+    job may run for hours and must not hold up auto-recharge charges)."""
+    task_enqueue(task, *args, pool="batch")
 
 
 def start_batch_maintenance_thread() -> threading.Thread | None:
@@ -120,17 +91,9 @@ def start_batch_maintenance_thread() -> threading.Thread | None:
     the jobs a previous run of the server left unfinished)."""
     if not settings.BACKGROUND_MAINTENANCE or settings.CELERY_BROKER_URL:
         return None
-
-    def loop() -> None:
-        while True:
-            try:
-                batch_maintenance()
-            except Exception:
-                logger.exception("Batch maintenance failed; retrying")
-            finally:
-                close_old_connections()
-            threading.Event().wait(settings.BATCH_MAINTENANCE_INTERVAL_SECONDS)
-
-    thread = threading.Thread(target=loop, name="batch-maintenance", daemon=True)
-    thread.start()
-    return thread
+    return periodic_start(
+        batch_maintenance,
+        name="batch-maintenance",
+        interval=settings.BATCH_MAINTENANCE_INTERVAL_SECONDS,
+        first_run_now=True,
+    )

@@ -37,11 +37,11 @@ from batch.services import (
     batch_job_create_jina,
     batch_job_create_openai,
 )
-from billing.authentication import ApiKeyAuthentication
 from billing.models import ApiKey
 from embeddings_site.api_schema import ERRORS, ErrorResponse
 from embeddings_site.errors import ApiError, ErrorCode
 from inference.protocol import EmbeddingTypeField, StrictBooleanField, StrictPositiveIntegerField
+from metering.authentication import ApiKeyAuthentication
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20

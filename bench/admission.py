@@ -14,7 +14,7 @@ import uuid
 import redis
 
 from bench._redis import private_redis
-from billing.limiter import Limits, RedisLimiter
+from metering.limiter import Limits, RedisLimiter
 
 GOAL_RATIO = 0.8
 

@@ -23,8 +23,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing import stripe_api
-from billing.ledger import balance_credit, balance_take_back
 from billing.models import ApiKey, AutoRecharge, LedgerEntry, Payment, User
+from metering.ledger import balance_credit, balance_take_back
 
 logger = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet, Sum
 
-from billing.keys import key_digest, key_is_well_formed
 from billing.models import ApiKey, LedgerEntry, UsageDaily, UsageRecord, User
 from embeddings_site.ttl_cache import TtlCache
+from metering.keys import key_digest, key_is_well_formed
 
 # Active keys by digest for KEY_CACHE_SECONDS, in this process: the hot path skips a query per
 # request. A revoked key or suspended user is refused by every process within that many

@@ -8,10 +8,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.keys import key_digest, key_display_prefix, key_generate
-from billing.ledger import balance_credit
 from billing.models import ApiKey, LedgerEntry, Tier, User
 from billing.selectors import api_key_cache_clear
+from metering.keys import key_digest, key_display_prefix, key_generate
+from metering.ledger import balance_credit
 
 # last_used_at is for people reading a dashboard; one write a minute per key is precise enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)

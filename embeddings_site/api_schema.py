@@ -20,7 +20,7 @@ def only_public_api(
 class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
     """`Authorization: Bearer <key>`."""
 
-    target_class = "billing.authentication.ApiKeyAuthentication"
+    target_class = "metering.authentication.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django_ratelimit.exceptions import Ratelimited
@@ -49,6 +50,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     SERVICE_TIMEOUT = "SERVICE_TIMEOUT"
+    SERVICE_OVERLOADED = "SERVICE_OVERLOADED"
 
 
 # code -> (HTTP status, OpenAI error type). Statuses follow the Jina OpenAPI error table.
@@ -80,6 +82,7 @@ ERROR_TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.INTERNAL_ERROR: (500, "server_error"),
     ErrorCode.SERVICE_UNAVAILABLE: (503, "server_error"),
     ErrorCode.SERVICE_TIMEOUT: (504, "server_error"),
+    ErrorCode.SERVICE_OVERLOADED: (503, "server_error"),
 }
 
 
@@ -199,7 +202,20 @@ def api_error_from_exception(exc: BaseException) -> ApiError | None:
         return ApiError(ErrorCode.RATE_IP_LIMIT_EXCEEDED, str(exc.detail))
     if isinstance(exc, drf_exceptions.APIException):
         return ApiError(ErrorCode.INPUT_VALIDATION_ERROR, str(exc.detail))
+    if isinstance(exc, DatabaseError):
+        # A dropped connection or a timeout: the next try gets a fresh connection.
+        logger.warning("Database error answered 503: %s", exc)
+        return database_unavailable()
     return None
+
+
+def database_unavailable() -> ApiError:
+    """The coded answer to a database fault (nothing was charged)."""
+    return ApiError(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        "The database is unavailable right now; nothing was charged. Please retry with backoff.",
+        headers={"Retry-After": "1"},
+    )
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:

@@ -1,15 +1,18 @@
-"""Request id on every response, and the body size cap checked before a byte is read."""
+"""Request id and arrival time on every request, the body size cap checked before a byte is
+read, and database faults answered 503 instead of 500."""
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
-from embeddings_site.errors import ApiError, ErrorCode, error_response
+from embeddings_site.errors import ApiError, ErrorCode, database_unavailable, error_response
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -21,6 +24,8 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        # The request's deadline and its recorded latency count from here.
+        request.arrived = time.monotonic()  # type: ignore[attr-defined]
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else secrets.token_hex(8)
         request.request_id = request_id  # type: ignore[attr-defined]
@@ -51,3 +56,21 @@ class RequestBodyLimitMiddleware:
                 ),
             )
         return self.get_response(request)
+
+
+class DatabaseFaultMiddleware:
+    """A database fault outside the API views (pages, probes) answers a coded 503, not a 500.
+
+    Django has already marked a broken connection unusable; the next request opens a new one.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, DatabaseError):
+            return error_response(request, database_unavailable())
+        return None

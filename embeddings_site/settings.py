@@ -83,6 +83,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "billing",
+    "metering",
     "inference",
     "web",
     "batch",
@@ -93,6 +94,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "embeddings_site.middleware.RequestBodyLimitMiddleware",
+    "embeddings_site.middleware.DatabaseFaultMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -122,8 +124,43 @@ TEMPLATES = [
 
 # DATABASE_URL switches to Postgres (or anything dj-database-url reads); SQLite file otherwise.
 DATABASE_URL = env_str("DATABASE_URL")
+# Postgres ends any statement running longer than this, and any wait for a lock longer than
+# that, so one stuck query cannot hold a request thread (or a lock others queue behind) for good.
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
+DATABASE_LOCK_TIMEOUT_MS = env_int("DATABASE_LOCK_TIMEOUT_MS", 5_000)
+# Each process holds at most DATABASE_POOL_MAX_SIZE Postgres connections (psycopg's pool, which
+# Django 5.2 runs); a thread waits up to DATABASE_POOL_TIMEOUT_SECONDS for one. Processes x
+# max size must stay under Postgres's max_connections (100 by default). 20 covers gunicorn's 16
+# request threads and the background ones; 0 turns the pool off (behind pgbouncer).
+DATABASE_POOL_MIN_SIZE = env_int("DATABASE_POOL_MIN_SIZE", 2)
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 20)
+DATABASE_POOL_TIMEOUT_SECONDS = float(env_str("DATABASE_POOL_TIMEOUT_SECONDS", "10"))
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    # A connection that Postgres dropped (a restart, pg_terminate_backend, a failover) is noticed
+    # before a request uses it, instead of failing that request.
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_health_checks=True)}
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+        _db_options["options"] = " ".join(
+            part
+            for part in (
+                str(_db_options.get("options", "")),
+                f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}",
+                f"-c lock_timeout={DATABASE_LOCK_TIMEOUT_MS}",
+            )
+            if part
+        )
+        if DATABASE_POOL_MAX_SIZE > 0:
+            # Django requires CONN_MAX_AGE = 0 with a pool: a connection goes back to the pool at
+            # the end of each request, and the pool checks it before lending it again.
+            DATABASES["default"]["CONN_MAX_AGE"] = 0
+            _db_options["pool"] = {
+                "min_size": min(DATABASE_POOL_MIN_SIZE, DATABASE_POOL_MAX_SIZE),
+                "max_size": DATABASE_POOL_MAX_SIZE,
+                "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
+            }
+        else:
+            DATABASES["default"]["CONN_MAX_AGE"] = 60
 else:
     DATABASES = {
         "default": {
@@ -291,18 +328,31 @@ RATE_LIMIT_REDIS_URL = env_str("RATE_LIMIT_REDIS_URL", REDIS_URL)
 # the service stays up, billing stays exact in the database), "closed" answers 503, "open"
 # admits without limits.
 RATE_LIMIT_ON_REDIS_ERROR = env_str("RATE_LIMIT_ON_REDIS_ERROR", "local")
-# A concurrency slot held by a process that died is given back after this long.
-CONCURRENCY_LEASE_SECONDS = env_int("CONCURRENCY_LEASE_SECONDS", 300)
-# A request still "pending" this long after its debit is from a dead gateway: refund it.
-USAGE_ABANDONED_AFTER_SECONDS = env_int("USAGE_ABANDONED_AFTER_SECONDS", 900)
+# Every /v1 request must be answered within this many seconds of its arrival (well under
+# gunicorn's --timeout); past it the work is abandoned, refunded and answered 504.
+REQUEST_TIMEOUT_SECONDS = float(env_str("REQUEST_TIMEOUT_SECONDS", "60"))
+# A concurrency slot held by a process that died is given back after this long: the deadline
+# plus a margin, so a killed gateway's slots come back within about one deadline.
+CONCURRENCY_LEASE_SECONDS = env_int(
+    "CONCURRENCY_LEASE_SECONDS", int(REQUEST_TIMEOUT_SECONDS) + 10
+)
+# A request still "pending" this long after its debit is from a dead gateway: refund it. The
+# sweeper runs in every gateway and worker process (USAGE_SWEEP_INTERVAL_SECONDS apart).
+USAGE_ABANDONED_AFTER_SECONDS = env_int(
+    "USAGE_ABANDONED_AFTER_SECONDS", int(REQUEST_TIMEOUT_SECONDS) + 30
+)
+USAGE_SWEEP_INTERVAL_SECONDS = float(env_str("USAGE_SWEEP_INTERVAL_SECONDS", "15"))
+# Per-process load shedding: a model whose queue already holds this many tokens answers new
+# requests 503 SERVICE_OVERLOADED with Retry-After at once, instead of queueing them.
+EMBEDDINGS_MAX_QUEUED_TOKENS = env_int("EMBEDDINGS_MAX_QUEUED_TOKENS", 65536)
 # Usage rows of requests that were never charged are written in batches off the request path.
 USAGE_FLUSH_INTERVAL_SECONDS = float(env_str("USAGE_FLUSH_INTERVAL_SECONDS", "1.0"))
 # Run the sweeper and daily rollups in a thread of the gateway (the embedded default); with a
 # Celery broker, Celery beat runs them instead.
 BACKGROUND_MAINTENANCE = env_bool("BACKGROUND_MAINTENANCE", default=True)
 CELERY_BEAT_SCHEDULE = {
-    "sweep-abandoned-usage": {"task": "billing.tasks.sweep_abandoned_usage", "schedule": 60.0},
-    "rollup-recent-usage": {"task": "billing.tasks.rollup_recent_usage", "schedule": 300.0},
+    "sweep-abandoned-usage": {"task": "metering.tasks.sweep_abandoned_usage", "schedule": 60.0},
+    "rollup-recent-usage": {"task": "metering.tasks.rollup_recent_usage", "schedule": 300.0},
 }
 
 # --- Per-IP limits on anonymous endpoints (django-ratelimit, on the cache above) ----------

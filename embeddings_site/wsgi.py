@@ -26,9 +26,9 @@ def _warm_models() -> None:
 
 def _start_maintenance() -> None:
     from batch.tasks import start_batch_maintenance_thread
-    from billing.tasks import start_maintenance_thread
+    from metering.tasks import maintenance_start
 
-    start_maintenance_thread()
+    maintenance_start()
     start_batch_maintenance_thread()
 
 

@@ -1,4 +1,5 @@
-"""The embeddings request path: resolve the model, count, infer, encode."""
+"""The embeddings operation: resolve the model, bound, count, infer, encode — run by the
+metering lifecycle (`metering.lifecycle.metered_run`), which admits, debits and settles."""
 
 from __future__ import annotations
 
@@ -10,10 +11,15 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
-from billing.metering import Meter
 from embeddings_site.errors import ApiError, ErrorCode
 from inference import encodings
-from inference.backends.base import BackendError, BackendTimeout, EmbedItem
+from inference.backends.base import (
+    BackendError,
+    BackendInputError,
+    BackendOverloaded,
+    BackendTimeout,
+    EmbedItem,
+)
 from inference.catalog import DEFAULT_MODELS
 from inference.image_tiles import (
     ImageHeader,
@@ -29,6 +35,7 @@ from inference.protocol import EmbeddingInput, EmbeddingRequest, ImageInput, Tex
 from inference.registry import ModelRuntime, runtimes
 from inference.selectors import embedding_model_get, embedding_model_list
 from inference.tokens import EmptyInput, InputTooLong
+from metering.lifecycle import Cost, MeteredWork, metered_run
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +275,21 @@ def embeddings_vectors(*, counted: CountedRequest) -> np.ndarray:
         return counted.runtime.backend.embed(items)
     except BackendTimeout as exc:
         raise ApiError(
-            ErrorCode.SERVICE_TIMEOUT, f"The model did not answer in time: {exc}"
+            ErrorCode.SERVICE_TIMEOUT,
+            f"The model did not answer before the request's deadline ({exc}); it was not charged.",
+        ) from exc
+    except BackendOverloaded as exc:
+        raise ApiError(
+            ErrorCode.SERVICE_OVERLOADED,
+            f"{counted.model.name} has more work queued than it can take now; "
+            "nothing was charged. Retry after the Retry-After seconds.",
+            headers={"Retry-After": str(max(int(exc.retry_after + 0.999), 1))},
+        ) from exc
+    except BackendInputError as exc:
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            f"The model refused this input: {exc}",
+            param="input",
         ) from exc
     except BackendError as exc:
         logger.warning("Backend for %s failed: %s", counted.model.name, exc)
@@ -310,17 +331,40 @@ def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> d
     return embeddings_body(counted=counted, request=request, vectors=vectors)
 
 
-def embeddings_create(*, meter: Meter, request: EmbeddingRequest) -> dict[str, Any]:
-    """Count, admit and debit, embed, settle: the response body of one request."""
-    counted = embedding_request_count(request=request)
-    meter.admit(
-        model=counted.model.name,
-        text_tokens=counted.text_tokens,
-        image_tokens=counted.image_tokens,
-    )
-    body = embeddings_infer(counted=counted, request=request)
-    meter.succeed()
-    return body
+def embedding_min_tokens(*, request: EmbeddingRequest) -> int:
+    """A lower bound of a request's tokens from its parsed shape alone: every input costs at
+    least one token. Cheap whatever the request's size (no tokenizing, no fetching)."""
+    return len(request.inputs)
+
+
+class EmbeddingsOperation:
+    """POST /v1/embeddings as a metered operation (see `metering.lifecycle`)."""
+
+    def __init__(self, request: EmbeddingRequest) -> None:
+        self.request = request
+        self.counted: CountedRequest | None = None
+
+    def model_name(self) -> str:
+        return embedding_model_resolve(name=self.request.model).name
+
+    def min_tokens(self) -> int:
+        return embedding_min_tokens(request=self.request)
+
+    def count(self) -> Cost:
+        self.counted = embedding_request_count(request=self.request)
+        return Cost(text_tokens=self.counted.text_tokens, image_tokens=self.counted.image_tokens)
+
+    def run(self) -> dict[str, Any]:
+        if self.counted is None:
+            raise RuntimeError("run() before count()")
+        return embeddings_infer(counted=self.counted, request=self.request)
+
+
+def embeddings_create(
+    *, work: MeteredWork[dict[str, Any]], request: EmbeddingRequest
+) -> dict[str, Any]:
+    """Admit, count, debit, embed, settle: the response body of one request."""
+    return metered_run(work=work, operation=EmbeddingsOperation(request))
 
 
 def embedding_model_register_defaults() -> list[EmbeddingModel]:

@@ -13,7 +13,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.views import MeteredApiView
 from embeddings_site.api_schema import (
     EMBEDDING_EXAMPLES,
     ERRORS,
@@ -27,6 +26,7 @@ from inference.models import EmbeddingModel
 from inference.protocol import EmbeddingRequestSerializer
 from inference.selectors import embedding_model_get, embedding_model_list
 from inference.services import embeddings_create
+from metering.api import MeteredApiView
 
 
 class EmbeddingCreateApi(MeteredApiView):
@@ -45,7 +45,7 @@ class EmbeddingCreateApi(MeteredApiView):
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        body = embeddings_create(meter=request.meter, request=serializer.to_request())  # type: ignore[attr-defined]
+        body = embeddings_create(work=request.work, request=serializer.to_request())  # type: ignore[attr-defined]
         return Response(body)
 
 

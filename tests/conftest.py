@@ -22,7 +22,7 @@ def _metering_in_process(settings: Any) -> Any:
     (The test database may be in memory, where a background thread would not see it; the
     gunicorn-based tests exercise the batched writer and Redis.)
     """
-    from billing.limiter import reset_limiter
+    from metering.limiter import reset_limiter
 
     settings.USAGE_FLUSH_INTERVAL_SECONDS = 0
     settings.RATE_LIMIT_REDIS_URL = ""
@@ -57,7 +57,7 @@ def _ledger_stays_balanced(request: pytest.FixtureRequest) -> Any:
     )
     request.getfixturevalue("transactional_db" if transactional else "db")
     yield
-    from billing.ledger import ledger_mismatches
+    from metering.ledger import ledger_mismatches
 
     assert ledger_mismatches() == [], "a balance no longer equals the sum of its ledger entries"
 

@@ -10,7 +10,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from billing.models import ApiKey, Payment, UsageDaily, UsageRecord, User
-from billing.usage import usage_sums
+from metering.usage import usage_sums
 from inference.models import Worker
 from web.charts import Bar
 

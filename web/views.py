@@ -20,7 +20,7 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from batch.selectors import batch_job_list
-from billing.metering import limits_for
+from metering.lifecycle import limits_for
 from billing.models import ApiKey, User
 from billing.payments import auto_recharge_get, payment_list
 from billing.selectors import api_key_list, ledger_entries

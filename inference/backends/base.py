@@ -40,7 +40,19 @@ class BackendError(Exception):
 
 
 class BackendTimeout(BackendError):
-    """The backend did not answer within its time limit."""
+    """The backend did not answer within its time limit (or the request's deadline)."""
+
+
+class BackendOverloaded(BackendError):
+    """The backend holds more queued work than it may; the request is shed before it waits."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendInputError(BackendError):
+    """The backend refused this input (a worker's 4xx): the client's error, not the backend's."""
 
 
 class EmbeddingBackend(ABC):

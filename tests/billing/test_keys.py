@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
-from billing.keys import BODY_LENGTH, CHECKSUM_LENGTH, key_digest, key_generate, key_is_well_formed
+from metering.keys import BODY_LENGTH, CHECKSUM_LENGTH, key_digest, key_generate, key_is_well_formed
 from billing.models import ApiKey
 from billing.services import api_key_revoke
 from tests.factories import ApiKeyFactory, UserFactory

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 
-from billing.ledger import (
+from metering.ledger import (
     InsufficientBalance,
     ledger_mismatches,
     usage_admit,
@@ -162,7 +162,7 @@ def test_createkey_options(settings) -> None:
         700,
         2,
     )
-    from billing.metering import limits_for
+    from metering.lifecycle import limits_for
 
     assert limits_for(api_key).rpm == 7
     api_key.rpm_limit = None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from billing.limiter import (
+from metering.limiter import (
     FailoverLimiter,
     Limiter,
     LimiterUnavailable,

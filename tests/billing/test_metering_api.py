@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from billing.ledger import ledger_mismatches
+from metering.ledger import ledger_mismatches
 from billing.models import LedgerEntry, UsageRecord
 from billing.selectors import usage_daily
 from billing.services import api_key_create
-from billing.usage import usage_rollup_day
+from metering.usage import usage_rollup_day
 from tests.factories import EmbeddingModelFactory, UserFactory
 from tests.jina_spec import assert_error_envelope
 

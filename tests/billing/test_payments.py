@@ -19,10 +19,10 @@ from django.core import mail
 from django.test import Client
 
 from billing import webhooks
-from billing.ledger import ledger_mismatches
+from metering.ledger import ledger_mismatches
 from billing.models import ApiKey, AutoRecharge, LedgerEntry, Payment, StripeEvent, User
 from billing.payments import auto_recharge_configure, token_packs
-from billing.tasks import local_tasks_wait
+from embeddings_site.background import local_tasks_wait
 from tests.factories import ApiKeyFactory, UserFactory
 from tests.infra import LocalStripe, stripe_env, stripe_event, stripe_signature
 
@@ -441,7 +441,7 @@ def test_a_refund_of_tokens_already_spent_takes_what_is_left_and_records_the_sho
     body = client.post("/billing/topup", {"api_key": api_key.pk, "pack": "small"}).json()
     payment = Payment.objects.get(pk=body["payment"])
     # Spend all but 100 tokens.
-    from billing.ledger import usage_admit
+    from metering.ledger import usage_admit
 
     usage_admit(api_key=api_key, model="m", text_tokens=balance(api_key) - 100)
     stripe_on.client().v1.refunds.create(  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import CLIPImageProcessorPil, CLIPModel
 
-from billing.ledger import ledger_mismatches
+from metering.ledger import ledger_mismatches
 from billing.services import api_key_create
 from tests.factories import UserFactory
 from tests.inference.images import ImageServer, b64, data_uri, image_bytes

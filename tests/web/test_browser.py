@@ -228,7 +228,7 @@ def test_a_visitor_gets_a_trial_key_and_can_embed(
 
 def test_staff_see_totals_across_users_and_act_on_keys(live_server: Any, page: Any) -> None:
     EmbeddingModelFactory()
-    from billing.ledger import usage_admit, usage_succeed
+    from metering.ledger import usage_admit, usage_succeed
 
     for email, tokens in (("big@example.com", 5000), ("small@example.com", 700)):
         key = ApiKeyFactory(user__email=email)

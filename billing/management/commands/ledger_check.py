@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from billing.ledger import ledger_mismatches
+from metering.ledger import ledger_mismatches
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from billing.usage import usage_rollup_day
+from metering.usage import usage_rollup_day
 
 
 class Command(BaseCommand):

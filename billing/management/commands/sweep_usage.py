@@ -5,7 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from billing.ledger import usage_sweep_abandoned
+from metering.ledger import usage_sweep_abandoned
 
 
 class Command(BaseCommand):

@@ -66,6 +66,17 @@ class Limiter(ABC):
         """Take one request of `tokens` and a concurrency slot if all three limits allow it."""
 
     @abstractmethod
+    def adjust(
+        self, *, key: str, limits: Limits, slot: str, tokens: int, to: int, backend: str
+    ) -> Decision:
+        """Change an admitted request's tokens from its estimate `tokens` to the exact `to`.
+
+        Lowering always passes. Raising passes only if the window, counting the new amount,
+        still holds at most TPM tokens; when it does not, nothing changes and the decision
+        says "tokens" with when it could pass.
+        """
+
+    @abstractmethod
     def release(self, *, key: str, slot: str, backend: str) -> None:
         """Give back a concurrency slot taken by `admit`."""
 
@@ -76,7 +87,7 @@ class Limiter(ABC):
 
 @dataclass
 class _KeyWindow:
-    requests: deque[tuple[float, int]] = field(default_factory=deque)
+    requests: deque[tuple[float, int, str]] = field(default_factory=deque)  # (when, tokens, slot)
     tokens: int = 0
     slots: dict[str, float] = field(default_factory=dict)
 
@@ -125,7 +136,7 @@ class LocalLimiter(Limiter):
                 )
             if state.tokens + tokens > limits.tpm:
                 need, freed, retry = state.tokens + tokens - limits.tpm, 0, self.window
-                for stamp, weight in state.requests:
+                for stamp, weight, _ in state.requests:
                     freed += weight
                     if freed >= need:
                         retry = stamp + self.window - now
@@ -137,9 +148,35 @@ class LocalLimiter(Limiter):
                 return self._decision(
                     state, limits, now, allowed=False, reason="concurrency", retry_after=1.0
                 )
-            state.requests.append((now, tokens))
+            state.requests.append((now, tokens, slot))
             state.tokens += tokens
             state.slots[slot] = now + self.lease
+            return self._decision(state, limits, now, allowed=True)
+
+    def adjust(
+        self, *, key: str, limits: Limits, slot: str, tokens: int, to: int, backend: str
+    ) -> Decision:
+        with self._lock:
+            now = time.time()
+            state = self._keys.setdefault(key, _KeyWindow())
+            self._expire(state, now)
+            position = next((i for i, entry in enumerate(state.requests) if entry[2] == slot), None)
+            if position is None:  # the entry left the window already: nothing to count
+                return self._decision(state, limits, now, allowed=True)
+            stamp, current, _ = state.requests[position]
+            delta = to - current
+            if delta > 0 and state.tokens + delta > limits.tpm:
+                need, freed, retry = state.tokens + delta - limits.tpm, 0, self.window
+                for entry_stamp, weight, _ in state.requests:
+                    freed += weight
+                    if freed >= need:
+                        retry = entry_stamp + self.window - now
+                        break
+                return self._decision(
+                    state, limits, now, allowed=False, reason="tokens", retry_after=retry
+                )
+            state.requests[position] = (stamp, to, slot)
+            state.tokens += delta
             return self._decision(state, limits, now, allowed=True)
 
     def release(self, *, key: str, slot: str, backend: str) -> None:
@@ -221,6 +258,42 @@ return {reason, tostring(retry), count, used, inflight, tostring(reset)}
 """
 
 
+# KEYS: as above. ARGV: tpm, slot, estimated tokens, exact tokens, window µs. The request's
+# log entry "slot:estimate" becomes "slot:exact" at the same time stamp.
+_ADJUST_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[5])
+local old = ARGV[2] .. ':' .. ARGV[3]
+local stamp = redis.call('ZSCORE', KEYS[1], old)
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+local count = redis.call('ZCARD', KEYS[1])
+local inflight = redis.call('ZCARD', KEYS[3])
+if not stamp or tonumber(stamp) <= now - window then
+  return {'', '0', count, used, inflight, '0'}
+end
+local delta = tonumber(ARGV[4]) - tonumber(ARGV[3])
+if delta > 0 and used + delta > tonumber(ARGV[1]) then
+  local need, freed, retry = used + delta - tonumber(ARGV[1]), 0, window
+  local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 1, #entries, 2 do
+    freed = freed + tonumber(string.match(entries[i], ':(%d+)$'))
+    if freed >= need then
+      retry = tonumber(entries[i + 1]) + window - now
+      break
+    end
+  end
+  return {'tokens', tostring(retry), count, used, inflight, tostring(window)}
+end
+redis.call('ZREM', KEYS[1], old)
+redis.call('ZADD', KEYS[1], stamp, ARGV[2] .. ':' .. ARGV[4])
+if delta ~= 0 then used = redis.call('INCRBY', KEYS[2], delta) end
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+local reset = tonumber(newest[2]) + window - now
+return {'', '0', count, used, inflight, tostring(reset)}
+"""
+
+
 class RedisLimiter(Limiter):
     """The sliding-window log in Redis: one EVALSHA per admission, on Redis' clock."""
 
@@ -233,6 +306,7 @@ class RedisLimiter(Limiter):
         self.window_us = int(float(window or settings.RATE_LIMIT_WINDOW_SECONDS) * 1_000_000)
         self.lease_us = int(float(lease or settings.CONCURRENCY_LEASE_SECONDS) * 1_000_000)
         self._script = client.register_script(_ADMIT_SCRIPT)
+        self._adjust_script = client.register_script(_ADJUST_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisLimiter:
@@ -258,7 +332,10 @@ class RedisLimiter(Limiter):
             self.lease_us,
             mode,
         ]
-        reason, retry, count, used, inflight, reset = self._script(keys=self._keys(key), args=args)
+        return self._decision(limits, self._script(keys=self._keys(key), args=args))
+
+    def _decision(self, limits: Limits, answer: list[Any]) -> Decision:
+        reason, retry, count, used, inflight, reset = answer
         reason = reason.decode() if isinstance(reason, bytes) else reason
         return Decision(
             allowed=reason == "",
@@ -274,6 +351,12 @@ class RedisLimiter(Limiter):
 
     def admit(self, *, key: str, limits: Limits, tokens: int, slot: str) -> Decision:
         return self._run(key, limits, tokens, slot, "admit")
+
+    def adjust(
+        self, *, key: str, limits: Limits, slot: str, tokens: int, to: int, backend: str
+    ) -> Decision:
+        args = [limits.tpm, slot, tokens, to, self.window_us]
+        return self._decision(limits, self._adjust_script(keys=self._keys(key), args=args))
 
     def release(self, *, key: str, slot: str, backend: str) -> None:
         self.client.zrem(self._keys(key)[2], slot)
@@ -327,6 +410,25 @@ class FailoverLimiter(Limiter):
             except redis.RedisError as exc:
                 self._mark_down(exc)
         return self._degraded(key=key, limits=limits, tokens=tokens, slot=slot)
+
+    def adjust(
+        self, *, key: str, limits: Limits, slot: str, tokens: int, to: int, backend: str
+    ) -> Decision:
+        import redis
+
+        if backend == "local":
+            return self.fallback.adjust(
+                key=key, limits=limits, slot=slot, tokens=tokens, to=to, backend=backend
+            )
+        if backend == "redis":
+            try:
+                return self.primary.adjust(
+                    key=key, limits=limits, slot=slot, tokens=tokens, to=to, backend=backend
+                )
+            except redis.RedisError as exc:
+                # Admitted on the estimate; the debit is still exact, only TPM is less so.
+                self._mark_down(exc)
+        return Decision(allowed=True, limits=limits, backend=backend)
 
     def release(self, *, key: str, slot: str, backend: str) -> None:
         import redis

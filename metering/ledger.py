@@ -105,9 +105,17 @@ def usage_refund(
     http_status: int | None = None,
     error_code: str = "",
     latency_ms: float | None = None,
+    even_if_served: bool = False,
 ) -> bool:
-    """Give a debited request's tokens back (it failed, or its gateway died). At most once."""
-    settled = UsageRecord.objects.filter(pk=usage.pk, status=UsageRecord.Status.PENDING).update(
+    """Give a debited request's tokens back (it failed, or its gateway died). At most once.
+
+    `even_if_served`: the client was answered with an error although the row was marked
+    served (the connection broke after that update committed), so it is refunded too.
+    """
+    from_statuses = [UsageRecord.Status.PENDING]
+    if even_if_served:
+        from_statuses.append(UsageRecord.Status.SUCCEEDED)
+    settled = UsageRecord.objects.filter(pk=usage.pk, status__in=from_statuses).update(
         status=status,
         http_status=http_status,
         error_code=error_code[:64],

@@ -1,18 +1,20 @@
-"""The base of every metered /v1 view: bearer key, admission, settlement, rate-limit headers."""
+"""The base of every metered /v1 view: bearer key, the lifecycle's work, rate-limit headers."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing.authentication import ApiKeyAuthentication
-from billing.metering import Meter
 from billing.models import ApiKey
+from embeddings_site.deadlines import Deadline
 from embeddings_site.errors import ApiError, ErrorCode, api_error_from_exception, error_response
+from metering.authentication import ApiKeyAuthentication
+from metering.lifecycle import MeteredWork
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +22,10 @@ logger = logging.getLogger(__name__)
 class MeteredApiView(APIView):
     """A /v1 view billed to the calling key.
 
-    Every response, success or error, carries the rate-limit headers; any error after the
-    debit refunds it; an unexpected exception becomes an INTERNAL_ERROR envelope (logged with
-    its traceback here, never shown to the client).
+    `request.work` is the request's MeteredWork; the view hands it to `metered_run` with its
+    operation. Every response, success or error, carries the rate-limit headers; any error
+    after the debit refunds it; an unexpected exception becomes an INTERNAL_ERROR envelope
+    (logged with its traceback here, never shown to the client) and is refunded too.
     """
 
     authentication_classes = [ApiKeyAuthentication]
@@ -31,10 +34,12 @@ class MeteredApiView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         api_key: ApiKey = request.auth  # type: ignore[assignment]
-        request.meter = Meter(  # type: ignore[attr-defined]
+        arrived = getattr(request._request, "arrived", None) or time.monotonic()
+        request.work = MeteredWork(  # type: ignore[attr-defined]
             api_key=api_key,
             request_id=getattr(request, "request_id", ""),
             endpoint=self.endpoint,
+            deadline=Deadline.after(started=arrived),
         )
 
     def handle_exception(self, exc: Exception) -> Response:
@@ -45,17 +50,17 @@ class MeteredApiView(APIView):
                 ErrorCode.INTERNAL_ERROR,
                 "An unexpected error occurred. If this persists, contact support with the request_id.",
             )
-        meter: Meter | None = getattr(self.request, "meter", None)
-        if meter is not None:
-            meter.fail(error)
+        work: MeteredWork[Any] | None = getattr(self.request, "work", None)
+        if work is not None:
+            work.fail(error)
         return error_response(self.request, error)  # type: ignore[return-value]
 
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)
-        meter: Meter | None = getattr(request, "meter", None)
-        if meter is not None:
-            for name, value in meter.headers().items():
+        work: MeteredWork[Any] | None = getattr(request, "work", None)
+        if work is not None:
+            for name, value in work.headers().items():
                 if name not in response:
                     response[name] = value
-            meter.close()
+            work.close()
         return response
