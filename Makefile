@@ -63,6 +63,7 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 check: install-test
 	$(BIN)/python manage.py makemigrations --check --dry-run

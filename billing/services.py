@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from billing.models import ApiKey, LedgerEntry, Tier, User
-from billing.selectors import api_key_cache_clear
 from metering.keys import key_digest, key_display_prefix, key_generate
 from metering.ledger import balance_credit
-
-# last_used_at is for people reading a dashboard; one write a minute per key is precise enough.
-LAST_USED_RESOLUTION = timedelta(seconds=60)
+from metering.selectors import api_key_cache_clear
 
 
 @transaction.atomic
@@ -132,12 +127,3 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
         )
     api_key_cache_clear()
     return api_key
-
-
-def api_key_touch(*, api_key: ApiKey) -> None:
-    """Record that a key was used, at most once per LAST_USED_RESOLUTION."""
-    now = timezone.now()
-    if api_key.last_used_at is not None and now - api_key.last_used_at < LAST_USED_RESOLUTION:
-        return
-    ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
-    api_key.last_used_at = now

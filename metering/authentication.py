@@ -6,9 +6,9 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from billing.models import ApiKey, User
-from billing.selectors import api_key_get_active
-from billing.services import api_key_touch
 from embeddings_site.errors import ApiError, ErrorCode
+from metering.selectors import api_key_get_active
+from metering.services import api_key_touch
 
 _INVALID_KEY = "Invalid API key. Check the key, or create a new one in your dashboard."
 

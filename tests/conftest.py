@@ -34,8 +34,8 @@ def _metering_in_process(settings: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _fresh_key_cache() -> Any:
     """Each test starts with no key cached by an earlier one."""
-    from billing.selectors import api_key_cache_clear
     from inference.selectors import embedding_model_cache_clear
+    from metering.selectors import api_key_cache_clear
 
     api_key_cache_clear()
     embedding_model_cache_clear()

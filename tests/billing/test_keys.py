@@ -15,9 +15,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
-from metering.keys import BODY_LENGTH, CHECKSUM_LENGTH, key_digest, key_generate, key_is_well_formed
 from billing.models import ApiKey
 from billing.services import api_key_revoke
+from metering.keys import BODY_LENGTH, CHECKSUM_LENGTH, key_digest, key_generate, key_is_well_formed
 from tests.factories import ApiKeyFactory, UserFactory
 from tests.jina_spec import assert_error_envelope
 

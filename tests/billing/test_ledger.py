@@ -8,6 +8,8 @@ import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 
+from billing.models import ApiKey, LedgerEntry, UsageRecord
+from billing.services import api_key_create
 from metering.ledger import (
     InsufficientBalance,
     ledger_mismatches,
@@ -16,8 +18,6 @@ from metering.ledger import (
     usage_succeed,
     usage_sweep_abandoned,
 )
-from billing.models import ApiKey, LedgerEntry, UsageRecord
-from billing.services import api_key_create
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

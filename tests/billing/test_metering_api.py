@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from metering.ledger import ledger_mismatches
 from billing.models import LedgerEntry, UsageRecord
 from billing.selectors import usage_daily
 from billing.services import api_key_create
+from metering.ledger import ledger_mismatches
 from metering.usage import usage_rollup_day
 from tests.factories import EmbeddingModelFactory, UserFactory
 from tests.jina_spec import assert_error_envelope

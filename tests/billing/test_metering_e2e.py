@@ -48,7 +48,7 @@ def fire(url: str, key: str, bodies: list[dict]) -> list[requests.Response]:
 def key_state(gateway: Gateway, key: str) -> dict:
     """The key's balance and usage rows, read straight from the gateway's database."""
     script = (
-        "import json; from billing.selectors import api_key_get_active; "
+        "import json; from metering.selectors import api_key_get_active; "
         "from billing.models import UsageRecord; "
         f"k = api_key_get_active(key={key!r}); "
         "rows = list(UsageRecord.objects.filter(api_key=k).values('status','charged_tokens','http_status','request_id')); "

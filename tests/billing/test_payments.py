@@ -19,10 +19,10 @@ from django.core import mail
 from django.test import Client
 
 from billing import webhooks
-from metering.ledger import ledger_mismatches
 from billing.models import ApiKey, AutoRecharge, LedgerEntry, Payment, StripeEvent, User
 from billing.payments import auto_recharge_configure, token_packs
 from embeddings_site.background import local_tasks_wait
+from metering.ledger import ledger_mismatches
 from tests.factories import ApiKeyFactory, UserFactory
 from tests.infra import LocalStripe, stripe_env, stripe_event, stripe_signature
 

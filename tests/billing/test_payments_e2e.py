@@ -21,7 +21,7 @@ PACKS = [
 SETUP = """
 import json
 from billing import payments, stripe_api
-from billing.selectors import api_key_get_active
+from metering.selectors import api_key_get_active
 key = api_key_get_active(key={key!r})
 user = key.user
 secret = payments.card_setup_start(user=user)
@@ -38,7 +38,7 @@ print(json.dumps({{"customer": user.stripe_customer_id}}))
 STATE = """
 import json
 from billing.models import LedgerEntry, Payment
-from billing.selectors import api_key_get_active
+from metering.selectors import api_key_get_active
 key = api_key_get_active(key={key!r})
 print(json.dumps({{
     "balance": key.balance,

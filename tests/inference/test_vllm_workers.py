@@ -203,7 +203,7 @@ def served_requests(worker: WorkerProcess) -> float:
 
 
 def balance(gateway: Gateway, key: str) -> int:
-    script = f"from billing.selectors import api_key_get_active; print(api_key_get_active(key={key!r}).balance)"
+    script = f"from metering.selectors import api_key_get_active; print(api_key_get_active(key={key!r}).balance)"
     return int(gateway.manage("shell", "-c", script).stdout.strip().splitlines()[-1])
 
 
