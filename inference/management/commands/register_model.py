@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from inference.models import EmbeddingModel
+from inference.registry import checkpoint_check, checkpoint_needs_check
 from inference.services import embedding_model_register
 
 
@@ -64,6 +65,7 @@ class Command(BaseCommand):
         }
         if options["price"] is not None:
             fields["price_per_million_tokens"] = options["price"]
+        self._check_checkpoint(name=options["name"], fields=fields)
         try:
             model, created = embedding_model_register(name=options["name"], fields=fields)
         except ValidationError as exc:
@@ -71,3 +73,17 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{'Registered' if created else 'Updated'} {model.name} ({model.backend})"
         )
+
+    def _check_checkpoint(self, *, name: str, fields: dict[str, Any]) -> None:
+        """Refuse an entry its checkpoint cannot serve (it would only fail once loaded)."""
+        entry = EmbeddingModel(name=name, **fields)
+        if not checkpoint_needs_check(entry, EmbeddingModel.objects.filter(name=name).first()):
+            return
+        check = checkpoint_check(entry)
+        for note in check.skipped:
+            self.stdout.write(f"Not checked: {note}")
+        if not check.ok:
+            problems = [
+                f"--{f.replace('_', '-')}: {m}" for f, ms in check.errors.items() for m in ms
+            ]
+            raise CommandError("The checkpoint does not fit this entry. " + " ".join(problems))
