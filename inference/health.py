@@ -1,7 +1,14 @@
-"""Health probes: /health and /live (the process answers), /ready (it can serve every model)."""
+"""Health probes: /health and /live (the process answers), /ready (it can take traffic).
+
+/ready is the load balancer's probe, so it asks only what this process needs to be worth
+sending requests to: the database, and the default model (or, when the default is not
+enabled, any model). Every other model's state is in the body; one that fails to load shows
+as failed there without taking the gateway out of rotation — its requests answer 503 alone.
+"""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
@@ -23,7 +30,11 @@ def live(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def ready(request: HttpRequest) -> HttpResponse:
-    """200 when the database answers and every enabled model has a working backend; else 503."""
+    """200 when the database answers and the model that decides readiness is loaded; else 503.
+
+    The body lists every enabled model's state: "ready" when all are loaded, "degraded" when
+    the gateway serves but some model does not.
+    """
     checks: dict[str, object] = {}
     try:
         with connection.cursor() as cursor:
@@ -33,7 +44,10 @@ def ready(request: HttpRequest) -> HttpResponse:
     except Exception as exc:
         checks["database"] = f"unavailable: {type(exc).__name__}"
         return json_response({"status": "not ready", "checks": checks}, status=503)
-    model_states = {}
+    if not models:
+        checks["models"] = "no enabled models (run `python manage.py register_models`)"
+        return json_response({"status": "not ready", "checks": checks}, status=503)
+    model_states: dict[str, dict[str, object]] = {}
     unloaded = []
     for model in models:
         status = runtimes.status(model)
@@ -46,9 +60,18 @@ def ready(request: HttpRequest) -> HttpResponse:
     if unloaded:
         runtimes.warm(unloaded)
     checks["models"] = model_states
-    ok = bool(models) and all(state["state"] == "loaded" for state in model_states.values())
-    if not models:
-        checks["models"] = "no enabled models (run `python manage.py register_models`)"
-    return json_response(
-        {"status": "ready" if ok else "not ready", "checks": checks}, status=200 if ok else 503
-    )
+    default = settings.EMBEDDINGS_DEFAULT_MODEL
+    loaded = {name for name, state in model_states.items() if state["state"] == "loaded"}
+    if default in model_states:
+        checks["required"] = f"the default model {default}"
+        ok = default in loaded
+    else:
+        checks["required"] = f"any model (the default, {default}, is not enabled)"
+        ok = bool(loaded)
+    if not ok:
+        status_word = "not ready"
+    elif len(loaded) < len(model_states):
+        status_word = "degraded"
+    else:
+        status_word = "ready"
+    return json_response({"status": status_word, "checks": checks}, status=200 if ok else 503)
