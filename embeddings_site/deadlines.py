@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from django.conf import settings
 
 
+def clock() -> float:
+    """The clock deadlines are measured on (monotonic; tests may move it forward)."""
+    return time.monotonic()
+
+
 class DeadlineExceeded(Exception):
     """The request's deadline passed before its work finished."""
 
@@ -25,23 +30,23 @@ class DeadlineExceeded(Exception):
 class Deadline:
     """A point on the monotonic clock by which a request must be answered."""
 
-    started: float  # time.monotonic() at the request's arrival
+    started: float  # clock() at the request's arrival
     expires: float
 
     @classmethod
     def after(cls, seconds: float | None = None, *, started: float | None = None) -> Deadline:
         """A deadline `seconds` (REQUEST_TIMEOUT_SECONDS by default) after `started` (now)."""
-        start = time.monotonic() if started is None else started
+        start = clock() if started is None else started
         budget = float(settings.REQUEST_TIMEOUT_SECONDS if seconds is None else seconds)
         return cls(started=start, expires=start + budget)
 
     def remaining(self) -> float:
         """Seconds left, never negative."""
-        return max(self.expires - time.monotonic(), 0.0)
+        return max(self.expires - clock(), 0.0)
 
     @property
     def expired(self) -> bool:
-        return time.monotonic() >= self.expires
+        return clock() >= self.expires
 
     def check(self) -> None:
         """Raise DeadlineExceeded when the deadline has passed."""
@@ -51,7 +56,7 @@ class Deadline:
     @property
     def elapsed_ms(self) -> float:
         """Milliseconds since arrival (queueing included)."""
-        return (time.monotonic() - self.started) * 1000
+        return (clock() - self.started) * 1000
 
 
 _deadline: ContextVar[Deadline | None] = ContextVar("deadline", default=None)

@@ -12,9 +12,28 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
+from embeddings_site import deadlines
 from embeddings_site.errors import ApiError, ErrorCode, database_unavailable, error_response
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def request_arrival(request: HttpRequest) -> float:
+    """When the request arrived, on the deadline clock: now, or earlier by the time a trusted
+    proxy says it queued (X-Request-Start: t=<epoch seconds, ms or µs>, as nginx or Heroku set
+    it) when TRUST_X_REQUEST_START is on. Never in the future, never more than a deadline ago."""
+    now = deadlines.clock()
+    if not settings.TRUST_X_REQUEST_START:
+        return now
+    raw = request.headers.get("X-Request-Start", "").strip().removeprefix("t=")
+    try:
+        stamp = float(raw)
+    except ValueError:
+        return now
+    while stamp > 1e11:  # milliseconds or microseconds since the epoch
+        stamp /= 1000
+    queued = min(max(time.time() - stamp, 0.0), float(settings.REQUEST_TIMEOUT_SECONDS))
+    return now - queued
 
 
 class RequestIdMiddleware:
@@ -24,8 +43,8 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        # The request's deadline and its recorded latency count from here.
-        request.arrived = time.monotonic()  # type: ignore[attr-defined]
+        # The request's deadline and its recorded latency count from its arrival.
+        request.arrived = request_arrival(request)  # type: ignore[attr-defined]
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else secrets.token_hex(8)
         request.request_id = request_id  # type: ignore[attr-defined]

@@ -331,6 +331,10 @@ RATE_LIMIT_ON_REDIS_ERROR = env_str("RATE_LIMIT_ON_REDIS_ERROR", "local")
 # Every /v1 request must be answered within this many seconds of its arrival (well under
 # gunicorn's --timeout); past it the work is abandoned, refunded and answered 504.
 REQUEST_TIMEOUT_SECONDS = float(env_str("REQUEST_TIMEOUT_SECONDS", "60"))
+# Behind a proxy that stamps X-Request-Start (nginx: `proxy_set_header X-Request-Start
+# "t=${msec}"`), count the deadline and latency from that stamp: time queued before a gunicorn
+# thread picked the request up counts too. Off by default (a client could send the header).
+TRUST_X_REQUEST_START = env_bool("TRUST_X_REQUEST_START", default=False)
 # A concurrency slot held by a process that died is given back after this long: the deadline
 # plus a margin, so a killed gateway's slots come back within about one deadline.
 CONCURRENCY_LEASE_SECONDS = env_int(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from rest_framework.request import Request
@@ -11,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing.models import ApiKey
+from embeddings_site import deadlines
 from embeddings_site.deadlines import Deadline
 from embeddings_site.errors import ApiError, ErrorCode, api_error_from_exception, error_response
 from metering.authentication import ApiKeyAuthentication
@@ -34,7 +34,7 @@ class MeteredApiView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
         api_key: ApiKey = request.auth  # type: ignore[assignment]
-        arrived = getattr(request._request, "arrived", None) or time.monotonic()
+        arrived = getattr(request._request, "arrived", None) or deadlines.clock()
         request.work = MeteredWork(  # type: ignore[attr-defined]
             api_key=api_key,
             request_id=getattr(request, "request_id", ""),

@@ -132,6 +132,31 @@ class LimiterContract:
             thread.join()
         assert allowed.count(True) == 25
 
+    def test_adjust_raises_an_estimate_to_the_exact_count_only_within_tpm(self, key: str) -> None:
+        limiter = self.make(window=60)
+        limits = Limits(rpm=100, tpm=100, concurrency=100)
+        first, second = slot(), slot()
+        admitted = limiter.admit(key=key, limits=limits, tokens=10, slot=first)
+        backend = admitted.backend
+        assert limiter.admit(key=key, limits=limits, tokens=10, slot=second).allowed
+        raised = limiter.adjust(
+            key=key, limits=limits, slot=first, tokens=10, to=70, backend=backend
+        )
+        assert raised.allowed and raised.tokens_in_window == 80
+        # 80 + (40 - 10) would pass TPM: refused, and nothing changed.
+        refused = limiter.adjust(
+            key=key, limits=limits, slot=second, tokens=10, to=40, backend=backend
+        )
+        assert not refused.allowed and refused.reason == "tokens" and refused.retry_after > 0
+        assert limiter.peek(key=key, limits=limits).tokens_in_window == 80
+        # Lowering always passes, to zero included: a refused request gives its tokens back.
+        lowered = limiter.adjust(
+            key=key, limits=limits, slot=second, tokens=10, to=0, backend=backend
+        )
+        assert lowered.allowed and lowered.tokens_in_window == 70
+        assert limiter.admit(key=key, limits=limits, tokens=30, slot=slot()).allowed
+        assert not limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+
     def test_peek_takes_nothing(self, key: str) -> None:
         limiter = self.make(window=60)
         limits = Limits(rpm=2, tpm=100, concurrency=1)

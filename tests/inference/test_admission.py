@@ -1,0 +1,121 @@
+"""Admission before work (ADVERSARIAL 24): a request the key cannot afford is refused before
+its texts are tokenized or its images fetched, whatever its size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from billing.models import UsageRecord
+from billing.services import api_key_create
+from inference.tokens import TextTokenizer
+from tests.factories import UserFactory
+from tests.inference.images import ImageServer
+from tests.jina_spec import assert_error_envelope
+
+BIG_TEXT = "Retrieval needs long passages. " * 310  # about 9.5 KB
+
+
+@pytest.fixture
+def tokenize_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many texts the real tokenizer was asked to read (a counting wrapper around it)."""
+    calls: list[int] = []
+    real = TextTokenizer.encode
+
+    def counting(self, texts, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(texts))
+        return real(self, texts, **kwargs)
+
+    monkeypatch.setattr(TextTokenizer, "encode", counting)
+    return calls
+
+
+def make_key(tokens: int, **limits: int):  # type: ignore[no-untyped-def]
+    api_key, plaintext = api_key_create(user=UserFactory(), tokens=tokens, **limits)
+    api_key.plaintext = plaintext
+    return api_key
+
+
+def post(client, key, body):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/v1/embeddings",
+        data=json.dumps(body),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key.plaintext}",
+    )
+
+
+@pytest.mark.django_db
+def test_a_ten_token_key_is_refused_before_2048_big_texts_are_tokenized(
+    client, default_model, tokenize_calls
+) -> None:
+    key = make_key(tokens=10)
+    response = post(client, key, {"input": [BIG_TEXT] * 2048, "truncate": True})
+    assert response.status_code == 403
+    assert_error_envelope(response.json(), "AUTHZ_INSUFFICIENT_BALANCE")
+    assert "at least 2,048 tokens" in response.json()["detail"]
+    assert tokenize_calls == []
+    key.refresh_from_db()
+    assert key.balance == 10
+
+
+@pytest.mark.django_db
+def test_a_request_larger_than_the_whole_tpm_is_refused_before_tokenizing(
+    client, default_model, tokenize_calls
+) -> None:
+    key = make_key(tokens=1_000_000, tpm=1000)
+    response = post(client, key, {"input": ["word"] * 2000})
+    assert response.status_code == 400
+    assert_error_envelope(response.json(), "INPUT_TOKEN_LIMIT_EXCEEDED")
+    assert tokenize_calls == []
+
+
+@pytest.mark.django_db
+def test_a_refusal_for_balance_takes_none_of_the_keys_tpm(client, default_model) -> None:
+    key = make_key(tokens=10, tpm=500)
+    for _ in range(12):
+        assert post(client, key, {"input": ["one two"] * 20}).status_code == 403
+    # The same key, now funded, can still use its whole minute of tokens.
+    from metering.ledger import balance_credit
+
+    balance_credit(api_key=key, tokens=10_000, kind="admin_grant")
+    served = post(client, key, {"input": ["one two three four five"] * 60})
+    assert served.status_code == 200, served.json()
+    assert served.json()["usage"]["total_tokens"] > 400
+
+
+@pytest.mark.django_db
+def test_an_affordable_request_is_counted_exactly_after_pre_admission(
+    client, default_model, tokenize_calls
+) -> None:
+    key = make_key(tokens=100_000, tpm=10_000)
+    response = post(client, key, {"input": ["one text", "and another one"]})
+    assert response.status_code == 200
+    usage = response.json()["usage"]["total_tokens"]
+    assert tokenize_calls == [2]
+    key.refresh_from_db()
+    assert key.balance == 100_000 - usage
+    # Pre-admission took a bound of 2 tokens; the exact count replaced it in the window.
+    assert int(response["X-RateLimit-Remaining-Tokens"]) == 10_000 - usage
+
+
+@pytest.mark.django_db
+def test_a_ten_token_key_never_makes_the_server_fetch_its_100_image_urls(
+    client, clip_models, settings
+) -> None:
+    server = ImageServer().start()
+    try:
+        settings.IMAGE_FETCH_ALLOWED_HOSTS = [server.host]
+        key = make_key(tokens=10)
+        body = {
+            "model": clip_models["v2"].name,
+            "input": [{"image": server.url(f"/img?w=64&h=64&n={i}")} for i in range(100)],
+        }
+        response = post(client, key, body)
+        assert response.status_code == 403
+        assert_error_envelope(response.json(), "AUTHZ_INSUFFICIENT_BALANCE")
+        assert server.connections == 0
+        assert UsageRecord.objects.filter(api_key=key, status="succeeded").count() == 0
+    finally:
+        server.stop()
