@@ -366,15 +366,26 @@ class VllmBackend(EmbeddingBackend):
             raise _WorkerFailed(type(exc).__name__) from exc
         status = response.status_code
         if status == 200:
-            data = sorted(response.json()["data"], key=lambda item: item["index"])
-            return [_decode(item["embedding"]) for item in data]
-        if status >= 500 or status in MISCONFIGURED_STATUSES:
-            raise _WorkerFailed(f"HTTP {status} {_refusal_message(response)}")
+            return _vectors(response, expected=len(payload["input"]) if "input" in payload else 1)
         if status == 429:
             raise _WorkerBusy(
                 f"HTTP 429 {_refusal_message(response)}", retry_after=_retry_after(response)
             )
-        raise BackendInputError(_refusal_message(response))
+        if 400 <= status < 500 and status not in MISCONFIGURED_STATUSES:
+            raise BackendInputError(_refusal_message(response))
+        raise _WorkerFailed(f"HTTP {status} {_refusal_message(response)}")
+
+
+def _vectors(response: httpx.Response, *, expected: int) -> list[np.ndarray]:
+    """The vectors of a 200 answer, in input order; a malformed answer is the worker's failure."""
+    try:
+        data = sorted(response.json()["data"], key=lambda item: item["index"])
+        vectors = [_decode(item["embedding"]) for item in data]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _WorkerFailed(f"malformed answer ({type(exc).__name__})") from exc
+    if len(vectors) != expected:
+        raise _WorkerFailed(f"{len(vectors)} vectors for {expected} inputs")
+    return vectors
 
 
 def _refusal_message(response: httpx.Response) -> str:

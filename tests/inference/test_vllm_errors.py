@@ -44,8 +44,8 @@ TOO_LONG = (
 class StubWorker:
     """An OpenAI-compatible embedding server on 127.0.0.N that answers every POST alike.
 
-    `status` 200 sends one vector; other statuses send vLLM's error body; "hang" holds the
-    request until the test ends.
+    200 sends one vector; other statuses send vLLM's error body; "garbage" is a 200 that is
+    not JSON; "hang" holds the request until the test ends.
     """
 
     def __init__(self, host: str, answer: int | str, headers: dict[str, str] | None = None):
@@ -66,6 +66,9 @@ class StubWorker:
                 stub.requests += 1
                 if stub.answer == "hang":
                     stub.release.wait(60)
+                    return
+                if stub.answer == "garbage":
+                    self._send(200, b"<html>not a vector</html>")
                     return
                 if stub.answer == 200:
                     embedding = base64.b64encode(VECTOR.tobytes()).decode()
@@ -145,8 +148,11 @@ def test_a_refused_input_is_the_clients_error_and_blames_no_worker(stub_workers)
     assert backend.health().ok
 
 
-def test_a_worker_error_is_retried_on_another_worker_and_opens_the_breaker(stub_workers) -> None:
-    broken, working = stub_workers(500, 200)
+@pytest.mark.parametrize("failure", [500, "garbage"])
+def test_a_worker_error_is_retried_on_another_worker_and_opens_the_breaker(
+    stub_workers, failure
+) -> None:
+    broken, working = stub_workers(failure, 200)
     backend = loaded_backend()
     for _ in range(3):
         np.testing.assert_array_equal(backend.embed(ITEMS), [VECTOR])
