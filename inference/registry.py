@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError
 
 from inference.backends.base import BackendHealth, EmbeddingBackend
 from inference.backends.clip import ClipCpuBackend
-from inference.backends.cpu import cpu_backend_for
+from inference.backends.cpu_runtimes import cpu_backend_for
 from inference.backends.vllm import VllmBackend
 from inference.models import EmbeddingModel
 from inference.tokens import TextTokenizer
