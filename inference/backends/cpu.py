@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
+from embeddings_site.deadlines import current_deadline
 from embeddings_site.metrics import BATCH_ITEMS
-from inference.backends.base import BackendError, BackendHealth, EmbeddingBackend, EmbedItem
-from inference.batching import DynamicBatcher, token_budget_passes
+from inference.backends.base import (
+    BackendError,
+    BackendHealth,
+    BackendTimeout,
+    EmbeddingBackend,
+    EmbedItem,
+)
+from inference.batching import DynamicBatcher, checked_rows, token_budget_passes
 
 
 def _import_torch() -> Any:
@@ -48,6 +55,7 @@ class TransformersCpuBackend(EmbeddingBackend):
         max_batch_tokens: int = 2048,
         num_threads: int = 0,
         batch_wait: float | None = None,
+        max_queued_tokens: int | None = None,
         label: str = "",
     ) -> None:
         self.model_dir = model_dir
@@ -57,6 +65,9 @@ class TransformersCpuBackend(EmbeddingBackend):
         self.num_threads = num_threads
         # Seconds a pass waits for concurrent requests to join it; None: no dynamic batching.
         self.batch_wait = batch_wait
+        # Tokens the batcher may hold queued before it sheds requests; None: the setting
+        # EMBEDDINGS_MAX_QUEUED_TOKENS.
+        self.max_queued_tokens = max_queued_tokens
         self._model: Any = None
         self._pad_id = 0
         self.batcher: DynamicBatcher | None = None
@@ -84,6 +95,9 @@ class TransformersCpuBackend(EmbeddingBackend):
                 self._forward,
                 max_batch_tokens=self.max_batch_tokens,
                 max_wait=self.batch_wait,
+                max_queued_tokens=settings.EMBEDDINGS_MAX_QUEUED_TOKENS
+                if self.max_queued_tokens is None
+                else self.max_queued_tokens,
                 name=f"batcher-{self.label}",
                 on_pass=BATCH_ITEMS.labels(self.label).observe,
             )
@@ -91,6 +105,10 @@ class TransformersCpuBackend(EmbeddingBackend):
     def health(self) -> BackendHealth:
         if self._model is None:
             return BackendHealth(ok=False, detail="not loaded")
+        if self.batcher is not None and not self.batcher.alive:
+            return BackendHealth(
+                ok=False, detail="the dynamic batcher's runner thread is dead (restart the process)"
+            )
         return BackendHealth(ok=True, detail="loaded on cpu")
 
     def embed(self, items: Sequence[EmbedItem]) -> np.ndarray:
@@ -100,9 +118,14 @@ class TransformersCpuBackend(EmbeddingBackend):
             raise BackendError("this backend embeds text only")
         if self.batcher is not None:
             return self.batcher.embed(items)
+        deadline = current_deadline()
         per_item: list[np.ndarray | None] = [None] * len(items)
         for batch in token_budget_passes(items, self.max_batch_tokens):
-            for index, vectors in zip(batch, self._forward([items[i] for i in batch]), strict=True):
+            if deadline is not None and deadline.expired:
+                raise BackendTimeout("the deadline passed between forward passes")
+            inputs = [items[i] for i in batch]
+            rows = checked_rows(inputs, self._forward(inputs))
+            for index, vectors in zip(batch, rows, strict=True):
                 per_item[index] = vectors
         return np.concatenate([v for v in per_item if v is not None], axis=0)
 
@@ -133,37 +156,3 @@ class TransformersCpuBackend(EmbeddingBackend):
             return hidden[torch.arange(hidden.shape[0]), mask.sum(dim=1) - 1]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-
-
-def cpu_backend_for(
-    *,
-    model_dir: Path,
-    runtime: str = "torch",
-    pooling: str = "mean",
-    num_threads: int = 0,
-    batch_wait: float | None = None,
-    max_batch_tokens: int = 2048,
-    cache_dir: Path | None = None,
-    label: str = "",
-) -> TransformersCpuBackend:
-    """The CPU backend for a runtime: torch, onnx or onnx-int8 (ONNX falls back to torch when
-    its vectors drift from torch's)."""
-    common: dict[str, Any] = {
-        "model_dir": model_dir,
-        "pooling": pooling,
-        "num_threads": num_threads,
-        "batch_wait": batch_wait,
-        "max_batch_tokens": max_batch_tokens,
-        "label": label,
-    }
-    if runtime == "torch":
-        return TransformersCpuBackend(**common)
-    if runtime in ("onnx", "onnx-int8"):
-        from inference.backends.onnx import OnnxCpuBackend
-
-        return OnnxCpuBackend(
-            **common,
-            cache_dir=cache_dir or Path(tempfile.gettempdir()) / "embeddings-onnx",
-            quantize=runtime == "onnx-int8",
-        )
-    raise ValueError(f"unknown CPU runtime {runtime!r}")
