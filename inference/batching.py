@@ -355,6 +355,11 @@ class DynamicBatcher:
         rows = checked_rows(batch, self._forward(batch))
         elapsed = time.monotonic() - started
         tokens = sum(len(item.token_ids) for item in batch)
+        if self._on_pass is not None:  # before the answers, so a caller's next look sees it
+            try:
+                self._on_pass(len(batch))
+            except Exception:
+                logger.exception("%s: the pass callback failed", self._thread.name)
         with self._ready:
             self._passes += 1
             self._items += len(batch)
@@ -373,11 +378,6 @@ class DynamicBatcher:
                 request.done_items += 1
                 if request.done_items == len(request.items):
                     self._complete(request)
-        if self._on_pass is not None:
-            try:
-                self._on_pass(len(batch))
-            except Exception:
-                logger.exception("%s: the pass callback failed", self._thread.name)
 
     def _complete(self, request: _Request) -> None:
         try:
