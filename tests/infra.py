@@ -411,3 +411,65 @@ class CeleryWorker:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self.process = None
+
+
+def _postgres_database_name(database_url: str) -> str:
+    return database_url.rsplit("/", 1)[1].split("?", 1)[0]
+
+
+def postgres_query(database_url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple]:
+    """Rows of one query on the database behind `database_url`, on a connection of its own."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=3) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def postgres_connections(database_url: str) -> int:
+    """How many client connections Postgres holds open to this database right now."""
+    rows = postgres_query(
+        POSTGRES_ADMIN_URL,
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = %s AND backend_type = 'client backend'",
+        (_postgres_database_name(database_url),),
+    )
+    return int(rows[0][0])
+
+
+def postgres_terminate_connections(database_url: str) -> int:
+    """Drop every connection to this database from the server side, as a Postgres restart or a
+    failover would (pg_terminate_backend); returns how many were dropped."""
+    rows = postgres_query(
+        POSTGRES_ADMIN_URL,
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+        " WHERE datname = %s AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        (_postgres_database_name(database_url),),
+    )
+    return int(rows[0][0])
+
+
+def create_key(gateway: Gateway, *args: str, email: str = "load@example.com") -> str:
+    """A new key of `email`'s account (`manage.py createkey`, with its options in args)."""
+    return gateway.manage("createkey", "--email", email, *args).stdout.strip().splitlines()[-1]
+
+
+def postgres_key_state(database_url: str, email: str) -> dict[str, object]:
+    """The balance of `email`'s key and how many of its usage rows are in each status, read
+    straight from Postgres (fast enough to poll while requests are in flight)."""
+    from billing.models import ApiKey, UsageRecord, User
+
+    rows = postgres_query(
+        database_url,
+        f"SELECT k.id, k.balance FROM {ApiKey._meta.db_table} k"  # noqa: S608 - table names
+        f" JOIN {User._meta.db_table} u ON u.id = k.user_id WHERE u.email = %s",
+        (email,),
+    )
+    assert len(rows) == 1, f"expected one key for {email}, found {len(rows)}"
+    key_id, balance = rows[0]
+    statuses = postgres_query(
+        database_url,
+        f"SELECT status, count(*) FROM {UsageRecord._meta.db_table}"  # noqa: S608
+        " WHERE api_key_id = %s GROUP BY status",
+        (key_id,),
+    )
+    return {"balance": balance, "statuses": dict(statuses)}
