@@ -1,22 +1,46 @@
-"""Token counting with the model's own fast tokenizer, so `usage` is exactly what the model runs."""
+"""Token counting with the model's own fast tokenizer, so `usage` is exactly what the model runs.
+
+Counting is bounded work whatever an input's size: a long text is tokenized only up to a cut
+(a multiple of the token limit, in characters), and the tokens before a point the rest of the
+text cannot change are used as they are. See `_stable_count` for when that is exact.
+"""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tokenizers
 
+# The first cut is this many characters per token wanted (English runs about 4-5 per token with
+# BERT's vocabulary); a cut that falls short is doubled.
+CHARS_PER_TOKEN = 6
+# Characters before the cut that its neighbourhood may still change (a look-ahead, a Hangul
+# jamo that composes with the next one); the stable point is at least this far before it.
+CUT_MARGIN = 32
+# How far back from the margin to look for a character that starts a new grapheme (a starter);
+# past a longer run of combining marks the cut is simply doubled.
+STARTER_SEARCH = 256
+
 
 class InputTooLong(Exception):
-    """An input has more tokens than the model takes and truncation was not asked for."""
+    """An input has more tokens than the model takes and truncation was not asked for.
 
-    def __init__(self, index: int, count: int, limit: int) -> None:
-        super().__init__(f"input[{index}] has {count} tokens; the limit is {limit}")
+    `count` is the exact number of tokens (special tokens included) when `exact`; otherwise it
+    is a lower bound: counting stopped once the input had proved longer than `limit`, and the
+    input has at least `count` tokens.
+    """
+
+    def __init__(self, index: int, count: int, limit: int, *, exact: bool = True) -> None:
+        tokens = f"{count} tokens" if exact else f"at least {count} tokens"
+        super().__init__(f"input[{index}] has {tokens}; the limit is {limit}")
         self.index = index
         self.count = count
         self.limit = limit
+        self.exact = exact
 
 
 class EmptyInput(Exception):
@@ -33,6 +57,15 @@ class LateChunkSequence:
 
     ids: list[int]
     spans: list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class _Counted:
+    """A text's tokens without special tokens: of the whole text, or of a cut of it."""
+
+    encoding: tokenizers.Encoding
+    stable: int  # leading tokens of `encoding` the whole text's tokens begin with (all if whole)
+    whole: bool
 
 
 class TextTokenizer:
@@ -54,22 +87,29 @@ class TextTokenizer:
         return cls(tokenizers.Tokenizer.from_file(str(path)))
 
     def encode(self, texts: Sequence[str], *, max_tokens: int, truncate: bool) -> list[list[int]]:
-        """Token ids with special tokens, one list per text; raises InputTooLong unless truncating."""
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
-        result: list[list[int]] = []
-        for index, encoding in enumerate(encodings):
-            ids = encoding.ids
-            if len(ids) > max_tokens:
-                if not truncate:
-                    raise InputTooLong(index, len(ids), max_tokens)
-                ids = self._truncated(texts[index], max_tokens)
-            result.append(ids)
-        return result
+        """Token ids with special tokens, one list per text; raises InputTooLong unless truncating.
 
-    def _truncated(self, text: str, max_tokens: int) -> list[int]:
-        encoding = self._tokenizer.encode(text, add_special_tokens=False)
-        encoding.truncate(max(max_tokens - self.special_tokens, 0))
-        return self._tokenizer.post_process(encoding).ids
+        The ids are exactly those of tokenizing each whole text (and truncating it to
+        `max_tokens`), but a long text is read only as far as that needs.
+        """
+        content = max(max_tokens - self.special_tokens, 0)
+        if truncate:
+            counted = self._count(texts, wanted=content, until="each")
+        else:  # one token more than fits proves an input too long; the first such ends the reading
+            counted = self._count(texts, wanted=content + 1, until="first")
+            for index, text_count in enumerate(counted):
+                if text_count.stable > content:
+                    raise InputTooLong(
+                        index,
+                        text_count.stable + self.special_tokens,
+                        max_tokens,
+                        exact=text_count.whole,
+                    )
+        result: list[list[int]] = []
+        for text_count in counted:
+            text_count.encoding.truncate(content)
+            result.append(self._tokenizer.post_process(text_count.encoding).ids)
+        return result
 
     def encode_late_chunks(self, texts: Sequence[str], *, max_tokens: int) -> LateChunkSequence:
         """The texts as one sequence (special tokens once, around the whole) and each text's span.
@@ -77,18 +117,103 @@ class TextTokenizer:
         Late chunking (Günther et al., 2024): the model reads all chunks in one context and each
         chunk's vector is pooled from its own tokens only.
         """
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        for index, encoding in enumerate(encodings):
-            if not encoding.ids:
+        content = max(max_tokens - self.special_tokens, 0)
+        counted = self._count(texts, wanted=content + 1, until="total")
+        for index, text_count in enumerate(counted):
+            if text_count.whole and not text_count.encoding.ids:
                 raise EmptyInput(index)
+        total = sum(text_count.stable for text_count in counted)
+        if total > content:
+            exact = all(text_count.whole for text_count in counted)
+            raise InputTooLong(0, total + self.special_tokens, max_tokens, exact=exact)
+        encodings = [text_count.encoding for text_count in counted]
         merged = self._tokenizer.post_process(
             tokenizers.Encoding.merge(encodings, growing_offsets=True)
         )
-        if len(merged.ids) > max_tokens:
-            raise InputTooLong(0, len(merged.ids), max_tokens)
         start = merged.special_tokens_mask.index(0)
         spans = []
         for encoding in encodings:
             spans.append((start, start + len(encoding.ids)))
             start += len(encoding.ids)
         return LateChunkSequence(ids=merged.ids, spans=spans)
+
+    def _count(
+        self, texts: Sequence[str], *, wanted: int, until: Literal["each", "first", "total"]
+    ) -> list[_Counted]:
+        """Each text tokenized whole, or far enough to show `wanted` tokens that stay.
+
+        Texts are cut at a multiple of `wanted` characters and the cuts tokenized together (the
+        batch API); a cut that does not yet show `wanted` stable tokens is doubled, up to the
+        whole text. Reading stops when `until` is met: "each" text is whole or shows `wanted`
+        tokens; the "first" text to show `wanted` tokens ends the reading of the texts after it
+        (those before it are still read to the end); the texts show `wanted` tokens in "total".
+        Texts whose reading stopped keep the tokens their last cut settled.
+        """
+        counted: dict[int, _Counted] = {}
+        first_cut = (wanted + 1) * CHARS_PER_TOKEN + 4 * CUT_MARGIN
+        cuts = dict.fromkeys(range(len(texts)), first_cut)
+        while cuts:
+            order = sorted(cuts)
+            encodings = self._tokenizer.encode_batch(
+                [texts[index][: cuts[index]] for index in order], add_special_tokens=False
+            )
+            for index, encoding in zip(order, encodings, strict=True):
+                text, cut = texts[index], cuts[index]
+                if cut >= len(text):
+                    counted[index] = _Counted(encoding, stable=len(encoding.ids), whole=True)
+                    del cuts[index]
+                    continue
+                stable = _stable_count(encoding, text, cut)
+                counted[index] = _Counted(encoding, stable=stable, whole=False)
+                if stable >= wanted:
+                    del cuts[index]
+                else:
+                    cuts[index] = cut * 2
+            if until == "first":
+                enough = [index for index, c in counted.items() if c.stable >= wanted]
+                if enough:
+                    cuts = {index: cut for index, cut in cuts.items() if index < min(enough)}
+            elif until == "total" and sum(c.stable for c in counted.values()) >= wanted:
+                cuts = {}
+        return [counted[index] for index in range(len(texts))]
+
+
+def _stable_count(encoding: tokenizers.Encoding, text: str, cut: int) -> int:
+    """How many leading tokens of `text[:cut]`'s encoding the whole text's encoding shares.
+
+    The pre-tokenizer splits the text into words and the model tokenizes each word on its own,
+    so every word before the one that may run on past the cut is settled, provided the text up to
+    where the next word begins is normalized the same with or without what follows the cut.
+    That holds before a starter (a character with canonical combining class 0): normalizers
+    decompose, lowercase or map characters one at a time and reorder only runs of combining
+    marks, which a starter ends; the margin covers what looks a few characters ahead. A word is
+    settled once the word after it begins before that starter, however long the word is (a
+    WordPiece word over 100 characters is one [UNK], so a word cut short would differ).
+    """
+    boundary = _starter_before(text, cut - CUT_MARGIN)
+    if boundary <= 0:
+        return 0
+    # The word of the last character before the boundary that belongs to a word begins last.
+    for position in range(boundary - 1, max(boundary - 1 - STARTER_SEARCH, -1), -1):
+        word = encoding.char_to_word(position)
+        if word is not None:
+            span = encoding.word_to_tokens(word)
+            return span[0] if span else 0
+    # A long run of spaces (or of characters normalized away): look through all the tokens.
+    words = encoding.word_ids
+    offsets = encoding.offsets
+    for position in range(len(words) - 1, 0, -1):
+        word = words[position]
+        if word is None:  # a tokenizer without words: nothing is settled before the end
+            return 0
+        if word != words[position - 1] and offsets[position][0] < boundary:
+            return position  # the tokens before the first one of a word that begins in time
+    return 0
+
+
+def _starter_before(text: str, end: int) -> int:
+    """The last position at or before `end` that holds a starter, or 0 when none is near."""
+    for position in range(end, max(end - STARTER_SEARCH, 0), -1):
+        if unicodedata.combining(text[position]) == 0:
+            return position
+    return 0
