@@ -331,6 +331,19 @@ def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> d
     return embeddings_body(counted=counted, request=request, vectors=vectors)
 
 
+def embedding_model_shed(*, model: EmbeddingModel) -> None:
+    """Refuse at once, before admission, when the model's queue in this process is full."""
+    backend = runtimes.loaded_backend(model)
+    retry_after = backend.shed_retry_after() if backend is not None else None
+    if retry_after is not None:
+        raise ApiError(
+            ErrorCode.SERVICE_OVERLOADED,
+            f"{model.name} has more work queued than it can take now; nothing was charged. "
+            "Retry after the Retry-After seconds.",
+            headers={"Retry-After": str(max(int(retry_after + 0.999), 1))},
+        )
+
+
 def embedding_min_tokens(*, request: EmbeddingRequest) -> int:
     """A lower bound of a request's tokens from its parsed shape alone: every input costs at
     least one token. Cheap whatever the request's size (no tokenizing, no fetching)."""
@@ -345,7 +358,9 @@ class EmbeddingsOperation:
         self.counted: CountedRequest | None = None
 
     def model_name(self) -> str:
-        return embedding_model_resolve(name=self.request.model).name
+        model = embedding_model_resolve(name=self.request.model)
+        embedding_model_shed(model=model)
+        return model.name
 
     def min_tokens(self) -> int:
         return embedding_min_tokens(request=self.request)

@@ -72,3 +72,8 @@ class EmbeddingBackend(ABC):
     @abstractmethod
     def health(self) -> BackendHealth:
         """Whether this backend can serve requests now."""
+
+    def shed_retry_after(self) -> float | None:
+        """Seconds to retry after when the work already queued here passes its bound, so that
+        a new request is refused before anything is spent on it; None when it can take more."""
+        return None

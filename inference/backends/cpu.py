@@ -19,7 +19,7 @@ from inference.backends.base import (
     EmbeddingBackend,
     EmbedItem,
 )
-from inference.batching import DynamicBatcher, checked_rows, token_budget_passes
+from inference.backends.batching import DynamicBatcher, checked_rows, token_budget_passes
 
 
 def _import_torch() -> Any:
@@ -110,6 +110,12 @@ class TransformersCpuBackend(EmbeddingBackend):
                 ok=False, detail="the dynamic batcher's runner thread is dead (restart the process)"
             )
         return BackendHealth(ok=True, detail="loaded on cpu")
+
+    def shed_retry_after(self) -> float | None:
+        batcher = self.batcher
+        if batcher is None or batcher.max_queued_tokens is None:
+            return None
+        return batcher.full_retry_after()
 
     def embed(self, items: Sequence[EmbedItem]) -> np.ndarray:
         if self._model is None:

@@ -119,3 +119,55 @@ def test_a_ten_token_key_never_makes_the_server_fetch_its_100_image_urls(
         assert UsageRecord.objects.filter(api_key=key, status="succeeded").count() == 0
     finally:
         server.stop()
+
+
+@pytest.mark.django_db
+def test_a_full_model_queue_sheds_new_requests_before_they_are_counted_or_charged(
+    client, default_model, tokenize_calls
+) -> None:
+    import threading
+
+    from inference.backends.base import EmbedItem
+    from inference.registry import runtimes
+
+    backend = runtimes.get(default_model).backend
+    batcher = backend.batcher  # type: ignore[attr-defined]
+    assert batcher is not None, "the default CPU model runs the dynamic batcher"
+    running, release = threading.Event(), threading.Event()
+    real_forward, real_bound = batcher._forward, batcher.max_queued_tokens
+
+    def held_forward(items):  # type: ignore[no-untyped-def]
+        running.set()
+        release.wait(60)
+        return real_forward(items)
+
+    batcher._forward, batcher.max_queued_tokens = held_forward, 8
+    fillers = [
+        threading.Thread(
+            target=backend.embed, args=([EmbedItem(token_ids=[101] + [2000] * 10 + [102])],)
+        )
+        for _ in range(2)
+    ]
+    try:
+        fillers[0].start()
+        assert running.wait(60)  # the first filler's pass is running, held
+        fillers[1].start()  # queued behind it: 12 tokens, over the bound of 8
+        for _ in range(6000):  # until the second filler is queued (at most a minute)
+            if batcher.queued_tokens:
+                break
+            threading.Event().wait(0.01)
+        assert batcher.queued_tokens
+        key = make_key(tokens=1000)
+        response = post(client, key, {"input": ["a short text"]})
+        assert response.status_code == 503
+        assert_error_envelope(response.json(), "SERVICE_OVERLOADED")
+        assert int(response["Retry-After"]) >= 1
+        assert tokenize_calls == []
+        key.refresh_from_db()
+        assert key.balance == 1000
+    finally:
+        release.set()
+        for filler in fillers:
+            filler.join(60)
+        batcher._forward, batcher.max_queued_tokens = real_forward, real_bound
+    assert post(client, make_key(tokens=1000), {"input": ["a short text"]}).status_code == 200

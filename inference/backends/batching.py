@@ -225,6 +225,14 @@ class DynamicBatcher:
             self._ready.notify()
         return PendingEmbedding(self, request)
 
+    def full_retry_after(self) -> float | None:
+        """When the queue already holds its bound: seconds until it has room; else None."""
+        bound = self.max_queued_tokens
+        with self._ready:
+            if bound is None or not self._queued_tokens or self._queued_tokens < bound:
+                return None
+            return self._retry_after(1, bound)
+
     def close(self) -> None:
         """Stop the runner after its current pass; queued requests fail with BackendError."""
         with self._ready:
