@@ -238,6 +238,10 @@ class RuntimeRegistry:
                 return cached[1]
             runtime = self._load(model)
             self._runtimes[model.name] = (signature, runtime)
+            if cached is not None:  # reloaded after an edit: stop the old batcher's thread
+                old_batcher = getattr(cached[1].backend, "batcher", None)
+                if old_batcher is not None:
+                    old_batcher.close()
             return runtime
 
     def _load(self, model: EmbeddingModel) -> ModelRuntime:
