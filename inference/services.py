@@ -96,8 +96,9 @@ def _token_limit_error(
             f"over {model.name}'s limit of {exc.limit}. Send fewer or shorter inputs."
         )
     else:
+        count = f"{exc.count}" if exc.exact else f"at least {exc.count}"
         message = (
-            f"input[{exc.index}] has {exc.count} tokens, over {model.name}'s limit of {exc.limit} "
+            f"input[{exc.index}] has {count} tokens, over {model.name}'s limit of {exc.limit} "
             "tokens. Shorten it, or send truncate: true."
         )
     return ApiError(ErrorCode.INPUT_TOKEN_LIMIT_EXCEEDED, message, param="input")
