@@ -376,6 +376,12 @@ IMAGE_MAX_PIXELS = env_int("IMAGE_MAX_PIXELS", 40_000_000)
 IMAGE_FETCH_CONNECT_TIMEOUT = float(env_str("IMAGE_FETCH_CONNECT_TIMEOUT", "3"))
 IMAGE_FETCH_READ_TIMEOUT = float(env_str("IMAGE_FETCH_READ_TIMEOUT", "5"))
 IMAGE_FETCH_DEADLINE = float(env_str("IMAGE_FETCH_DEADLINE", "10"))
+# One request's image URLs load together: at most this many URLs, this many fetched bytes in
+# all (each image still at most IMAGE_MAX_BYTES), IMAGE_FETCH_CONCURRENCY fetches at a time, and
+# IMAGE_FETCH_DEADLINE (or what is left of the request's deadline, if less) for all of them.
+IMAGE_MAX_URLS_PER_REQUEST = env_int("IMAGE_MAX_URLS_PER_REQUEST", 32)
+IMAGE_FETCH_MAX_TOTAL_BYTES = env_int("IMAGE_FETCH_MAX_TOTAL_BYTES", 64 * 1024 * 1024)
+IMAGE_FETCH_CONCURRENCY = env_int("IMAGE_FETCH_CONCURRENCY", 8)
 # host:port pairs fetched even when they resolve to a non-public address. Empty in production;
 # the tests name their local image server here and nothing else.
 IMAGE_FETCH_ALLOWED_HOSTS: list[str] = env_list("IMAGE_FETCH_ALLOWED_HOSTS", [])

@@ -10,15 +10,22 @@ the whole download and a size cap bound what a slow or endless server can cost.
 
 The same guard serves the other URLs a client may hand the server (a batch job's input file
 and its webhook): `fetch_public_bytes` and `post_public` take their own allow-list and label.
+
+Several fetches for one request can share a `FetchBudget`: bytes and time for all of them
+together, and a way to call the others off when one fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -32,6 +39,10 @@ class ImageFetchError(Exception):
 
     (Named for images, where it began; every fetch through this guard raises it.)
     """
+
+
+class FetchCalledOff(ImageFetchError):
+    """Another fetch sharing the budget failed, so this one stopped."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,80 @@ def default_limits() -> FetchLimits:
         read_timeout=settings.IMAGE_FETCH_READ_TIMEOUT,
         deadline=settings.IMAGE_FETCH_DEADLINE,
     )
+
+
+class FetchBudget:
+    """Bytes and seconds that several fetches (one request's images) spend together.
+
+    Thread-safe. Each fetch's socket is registered while it reads, so calling the budget off
+    ends the other fetches' reads at once rather than at their next byte or read timeout.
+    """
+
+    def __init__(self, *, max_bytes: int, seconds: float, label: str = "image") -> None:
+        self.max_bytes = max_bytes
+        self.seconds = seconds
+        self.expires = time.monotonic() + seconds
+        self._label = label
+        self._spent = 0
+        self._called_off = False
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        """Seconds left for all the fetches, never negative."""
+        return max(self.expires - time.monotonic(), 0.0)
+
+    def bytes_left(self) -> int:
+        with self._lock:
+            return max(self.max_bytes - self._spent, 0)
+
+    def check(self) -> None:
+        """Raise when the fetches were called off or their time is up."""
+        if self._called_off:
+            raise FetchCalledOff(f"{self._label} download stopped: another one failed")
+        if time.monotonic() >= self.expires:
+            raise ImageFetchError(self.time_out_message())
+
+    def time_out_message(self) -> str:
+        return f"{self._label} downloads took longer than {self.seconds:g} s"
+
+    def size_message(self) -> str:
+        return f"{self._label}s are larger than {self.max_bytes // (1024 * 1024)} MB in total"
+
+    def spend(self, size: int) -> None:
+        """Count `size` fetched bytes; raise once all fetches together went over."""
+        with self._lock:
+            self._spent += size
+            over = self._spent > self.max_bytes
+        if over:
+            raise ImageFetchError(self.size_message())
+
+    def call_off(self) -> None:
+        """Stop every fetch: those reading now and those yet to start."""
+        with self._lock:
+            self._called_off = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    @contextmanager
+    def reading(self, sock: socket.socket) -> Iterator[None]:
+        """While a fetch reads from `sock`, calling off shuts it."""
+        with self._lock:
+            if self._called_off:
+                _shut(sock)
+            self._sockets.add(sock)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for a TLS socket: it ends the TCP stream under the TLS
+    # layer without touching the TLS state the reading thread is using.
+    with contextlib.suppress(OSError):  # already closed by its fetch
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def is_public_address(address: str) -> bool:
@@ -133,7 +218,9 @@ def _pinned_connection(
     return connection_class(host, port, address, timeout=timeout)
 
 
-def fetch_image_bytes(url: str, limits: FetchLimits | None = None) -> bytes:
+def fetch_image_bytes(
+    url: str, limits: FetchLimits | None = None, *, budget: FetchBudget | None = None
+) -> bytes:
     """The body at `url`, or ImageFetchError; never more than max_bytes, never past the deadline."""
     return fetch_public_bytes(
         url,
@@ -141,46 +228,76 @@ def fetch_image_bytes(url: str, limits: FetchLimits | None = None) -> bytes:
         allowed_hosts=settings.IMAGE_FETCH_ALLOWED_HOSTS,
         label="image",
         accept="image/*",
+        budget=budget,
     )
 
 
 def fetch_public_bytes(
-    url: str, *, limits: FetchLimits, allowed_hosts: list[str], label: str, accept: str
+    url: str,
+    *,
+    limits: FetchLimits,
+    allowed_hosts: list[str],
+    label: str,
+    accept: str,
+    budget: FetchBudget | None = None,
 ) -> bytes:
-    """GET a public URL through the guard, following checked redirects, within `limits`."""
+    """GET a public URL through the guard, following checked redirects, within `limits` (and
+    within `budget`, shared with other fetches, when one is given)."""
     started = time.monotonic()
     size_limit = f"{label} is larger than {limits.max_bytes // (1024 * 1024)} MB"
     for _ in range(MAX_REDIRECTS + 1):
+        if budget:
+            budget.check()
         scheme, host, port, address, path = _checked_target(
             url, allowed_hosts=allowed_hosts, label=label
         )
-        connection = _pinned_connection(scheme, host, port, address, limits.connect_timeout)
+        connect_timeout = limits.connect_timeout
+        if budget:
+            budget.check()  # resolving may have taken a while
+            connect_timeout = min(connect_timeout, budget.remaining())
+        connection = _pinned_connection(scheme, host, port, address, connect_timeout)
         try:
             connection.connect()
-            connection.sock.settimeout(limits.read_timeout)
-            connection.request(
-                "GET", path, headers={"User-Agent": "embeddings-platform/1", "Accept": accept}
-            )
-            response = connection.getresponse()
-            if response.status in {301, 302, 303, 307, 308}:
-                location = response.getheader("Location")
-                if not location:
-                    raise ImageFetchError(f"{label} URL redirected without a Location")
-                url = urljoin(url, location)
-                continue
-            if response.status != 200:
-                raise ImageFetchError(f"{label} URL answered HTTP {response.status}")
-            declared = response.getheader("Content-Length")
-            if declared and declared.isdigit() and int(declared) > limits.max_bytes:
-                raise ImageFetchError(size_limit)
-            return _read_capped(response, limits, started, label, size_limit)
+            # The connection lets go of its socket once a response that closes it arrives; the
+            # response reads on through the same socket.
+            sock = connection.sock
+            with budget.reading(sock) if budget else contextlib.nullcontext():
+                sock.settimeout(_read_timeout(limits, budget))
+                connection.request(
+                    "GET", path, headers={"User-Agent": "embeddings-platform/1", "Accept": accept}
+                )
+                response = connection.getresponse()
+                if response.status in {301, 302, 303, 307, 308}:
+                    location = response.getheader("Location")
+                    if not location:
+                        raise ImageFetchError(f"{label} URL redirected without a Location")
+                    url = urljoin(url, location)
+                    continue
+                if response.status != 200:
+                    raise ImageFetchError(f"{label} URL answered HTTP {response.status}")
+                declared = response.getheader("Content-Length")
+                if declared and declared.isdigit():
+                    if int(declared) > limits.max_bytes:
+                        raise ImageFetchError(size_limit)
+                    if budget and int(declared) > budget.bytes_left():
+                        raise ImageFetchError(budget.size_message())
+                return _read_capped(response, sock, limits, started, label, size_limit, budget)
         except (OSError, http.client.HTTPException) as exc:
+            if budget:
+                budget.check()  # called off or out of time: say that, not the socket's error
             raise ImageFetchError(
                 f"{label} URL could not be fetched: {type(exc).__name__}"
             ) from exc
         finally:
             connection.close()
     raise ImageFetchError(f"{label} URL redirected more than {MAX_REDIRECTS} times")
+
+
+def _read_timeout(limits: FetchLimits, budget: FetchBudget | None) -> float:
+    """The read timeout, shortened so a silent server cannot outlast the shared budget."""
+    if budget is None:
+        return limits.read_timeout
+    return max(min(limits.read_timeout, budget.remaining()), 0.001)
 
 
 def post_public(
@@ -217,20 +334,29 @@ def post_public(
 
 def _read_capped(
     response: http.client.HTTPResponse,
+    sock: socket.socket,
     limits: FetchLimits,
     started: float,
     label: str,
     size_limit: str,
+    budget: FetchBudget | None,
 ) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
         if time.monotonic() - started > limits.deadline:
             raise ImageFetchError(f"{label} download took longer than {limits.deadline:g} s")
+        if budget:
+            budget.check()
+            sock.settimeout(_read_timeout(limits, budget))
         chunk = response.read1(64 * 1024)
         if not chunk:
+            if budget:
+                budget.check()  # a socket shut by calling off reads as the end of the body
             return b"".join(chunks)
         size += len(chunk)
         if size > limits.max_bytes:
             raise ImageFetchError(size_limit)
+        if budget:
+            budget.spend(len(chunk))
         chunks.append(chunk)

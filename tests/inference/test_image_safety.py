@@ -9,15 +9,19 @@ checked through the same guard without sending anything anywhere.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from urllib.parse import quote
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
 from billing.services import api_key_create
+from embeddings_site.deadlines import Deadline, deadline_scope
 from inference.image_fetch import ImageFetchError, _checked_target, is_public_address
+from inference.image_tiles import ImageInputError, images_load, read_header
 from tests.factories import UserFactory
-from tests.inference.images import ImageServer, b64, image_bytes, png_header_only
+from tests.inference.images import ImageServer, b64, data_uri, image_bytes, png_header_only
 from tests.jina_spec import assert_error_envelope
 
 
@@ -242,3 +246,162 @@ def test_a_silent_server_hits_the_read_timeout(
 def test_an_oversized_base64_image_is_refused(embed_image, key, settings) -> None:
     settings.IMAGE_MAX_BYTES = 1024
     assert_refused_uncharged(embed_image(b64(b"\x00" * 4096)), key, "larger than")
+
+
+# --- One request's image URLs: fetched together, under one budget -------------------------
+
+
+class GateServer:
+    """/img?w=W&h=H answers only once `together` requests are in flight at the same time (a
+    barrier: requests fetched one after another never all arrive, and get a 503). /hold sends
+    the start of a body, then waits for the client to hang up and notes it in `hung_up`."""
+
+    def __init__(self, together: int) -> None:
+        gate = threading.Barrier(together, timeout=15)
+        self.hung_up = threading.Event()
+        hung_up = self.hung_up
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                url = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                try:
+                    if url.path == "/img":
+                        gate.wait()
+                        body = image_bytes(int(query["w"]), int(query["h"]))
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                    elif url.path == "/hold":
+                        self.send_response(200)
+                        self.end_headers()
+                        self.wfile.write(b"\x89PNG\r\n\x1a\n")
+                        self.wfile.flush()
+                        self.connection.settimeout(30)
+                        if self.connection.recv(1) == b"":
+                            hung_up.set()
+                except threading.BrokenBarrierError:
+                    self.send_error(503)
+                except (OSError, TimeoutError):
+                    pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}{path}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def gate(settings, server):
+    gate = GateServer(together=4)
+    settings.IMAGE_FETCH_ALLOWED_HOSTS = [server.host, gate.host]
+    settings.IMAGE_FETCH_CONCURRENCY = 4
+    yield gate
+    gate.stop()
+
+
+def test_a_requests_urls_are_all_in_flight_at_once_and_come_back_in_order(gate) -> None:
+    inline = image_bytes(7, 3)
+    sources = [
+        data_uri(inline),
+        gate.url("/img?w=11&h=1"),
+        b64(inline),
+        gate.url("/img?w=12&h=1"),
+        gate.url("/img?w=13&h=1"),
+        gate.url("/img?w=14&h=1"),
+    ]
+    loaded = images_load(sources)
+    assert [read_header(data).width for data in loaded] == [7, 11, 7, 12, 13, 14]
+
+
+def test_more_urls_than_a_request_may_name_are_refused_before_any_fetch(server, settings) -> None:
+    settings.IMAGE_FETCH_ALLOWED_HOSTS = [server.host]
+    settings.IMAGE_MAX_URLS_PER_REQUEST = 2
+    sources = [b64(image_bytes(2, 2))] + [server.url("/img?w=5&h=5")] * 3
+    with pytest.raises(ImageInputError, match="at most 2 image URLs") as refused:
+        images_load(sources)
+    assert refused.value.index == 3
+    assert server.connections == 0
+
+
+def test_a_bad_inline_image_is_refused_before_any_fetch(server, settings) -> None:
+    settings.IMAGE_FETCH_ALLOWED_HOSTS = [server.host]
+    with pytest.raises(ImageInputError, match="neither") as refused:
+        images_load([server.url("/img?w=5&h=5"), "***not base64***"])
+    assert refused.value.index == 1
+    assert server.connections == 0
+
+
+def test_the_total_bytes_budget_stops_the_fetches_and_names_the_image(
+    gate, server, settings
+) -> None:
+    settings.IMAGE_MAX_BYTES = 8 * 1024 * 1024
+    settings.IMAGE_FETCH_MAX_TOTAL_BYTES = 1024 * 1024
+    settings.IMAGE_FETCH_READ_TIMEOUT = settings.IMAGE_FETCH_DEADLINE = 60
+    with pytest.raises(ImageInputError, match="larger than 1 MB in total") as refused:
+        images_load([gate.url("/hold"), server.url("/endless")])
+    assert refused.value.index == 1
+    assert gate.hung_up.wait(10), "the other fetch kept reading"
+
+
+def test_one_failed_fetch_calls_off_the_others(gate, server, settings) -> None:
+    settings.IMAGE_FETCH_READ_TIMEOUT = settings.IMAGE_FETCH_DEADLINE = 60
+    with pytest.raises(ImageInputError, match="HTTP 404") as refused:
+        images_load([gate.url("/hold"), b64(image_bytes(2, 2)), server.url("/missing")])
+    assert refused.value.index == 2
+    assert gate.hung_up.wait(10), "the other fetch kept reading"
+
+
+def test_a_dripping_server_is_cut_by_the_requests_deadline(server, settings) -> None:
+    settings.IMAGE_FETCH_ALLOWED_HOSTS = [server.host]
+    settings.IMAGE_FETCH_READ_TIMEOUT = settings.IMAGE_FETCH_DEADLINE = 60
+    with (
+        deadline_scope(deadline=Deadline.after(1.0)),
+        pytest.raises(ImageInputError, match="longer than") as refused,
+    ):
+        images_load([b64(image_bytes(2, 2)), server.url("/drip")])
+    assert refused.value.index == 1
+
+
+def test_dripping_servers_share_one_fetch_deadline(server, settings) -> None:
+    settings.IMAGE_FETCH_ALLOWED_HOSTS = [server.host]
+    settings.IMAGE_FETCH_READ_TIMEOUT = 60
+    settings.IMAGE_FETCH_DEADLINE = 1.0
+    with pytest.raises(ImageInputError, match="longer than") as refused:
+        images_load([server.url("/drip"), server.url("/drip")])
+    assert refused.value.index in {0, 1}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]", "0x7f000001"])
+def test_urls_loaded_together_pass_the_same_guard(server, host) -> None:
+    with pytest.raises(ImageInputError) as refused:
+        images_load([b64(image_bytes(2, 2)), f"http://{host}:{server.port}/img?w=5&h=5"])
+    assert refused.value.index == 1
+    assert server.connections == 0
+
+
+def test_a_redirect_to_an_internal_host_is_refused_when_loaded_together(settings) -> None:
+    public, internal = ImageServer().start(), ImageServer().start()
+    try:
+        settings.IMAGE_FETCH_ALLOWED_HOSTS = [public.host]  # stands for a public server
+        redirect = public.url(f"/redirect?to={quote(internal.url('/img?w=10&h=10'))}")
+        with pytest.raises(ImageInputError, match="not a public address") as refused:
+            images_load([public.url("/img?w=3&h=3"), redirect])
+        assert refused.value.index == 1 and internal.connections == 0
+    finally:
+        public.stop()
+        internal.stop()
