@@ -11,6 +11,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 
+from embeddings_site.deadlines import current_deadline
 from embeddings_site.errors import ApiError, ErrorCode
 from inference import encodings
 from inference.backends.base import (
@@ -25,7 +26,7 @@ from inference.image_tiles import (
     ImageHeader,
     ImageInputError,
     decode_rgb,
-    image_bytes,
+    images_load,
     is_data_uri,
     read_header,
     tile_tokens,
@@ -127,11 +128,13 @@ def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
         raise ApiError(
             ErrorCode.INPUT_EMPTY, f"input[{exc.index}] has no tokens to embed.", param="input"
         ) from exc
-    images = {
-        index: _image_header(item, index)
-        for index, item in enumerate(inputs)
-        if isinstance(item, ImageInput) and not request.late_chunking
-    }
+    images = (
+        {}
+        if request.late_chunking
+        else _image_headers(
+            {index: item for index, item in enumerate(inputs) if isinstance(item, ImageInput)}
+        )
+    )
     image_tokens = sum(
         tile_tokens(
             width=header.width,
@@ -168,13 +171,33 @@ def _with_modalities(request: EmbeddingRequest, model: EmbeddingModel) -> list[E
     ]
 
 
-def _image_header(item: ImageInput, index: int) -> ImageHeader:
+def _image_headers(images: dict[int, ImageInput]) -> dict[int, ImageHeader]:
+    """Headers of a request's images by input index: inline ones decoded, URLs fetched
+    together under one per-request budget (only now: the request is already pre-admitted)."""
+    if not images:
+        return {}
+    indexes = list(images)
+    deadline = current_deadline()
     try:
-        return read_header(image_bytes(item.source))
+        blobs = images_load([images[index].source for index in indexes])
     except ImageInputError as exc:
-        raise ApiError(
-            ErrorCode.INPUT_INVALID_IMAGE, f"input[{index}]: {exc}", param="input"
-        ) from exc
+        if deadline is not None and deadline.expired:
+            raise ApiError(
+                ErrorCode.SERVICE_TIMEOUT,
+                "The request passed its deadline while fetching its images; it was not charged.",
+            ) from exc
+        position = getattr(exc, "index", None)
+        where = f"input[{indexes[position]}]: " if position is not None else ""
+        raise ApiError(ErrorCode.INPUT_INVALID_IMAGE, f"{where}{exc}", param="input") from exc
+    headers = {}
+    for index, blob in zip(indexes, blobs, strict=True):
+        try:
+            headers[index] = read_header(blob)
+        except ImageInputError as exc:
+            raise ApiError(
+                ErrorCode.INPUT_INVALID_IMAGE, f"input[{index}]: {exc}", param="input"
+            ) from exc
+    return headers
 
 
 def _items(

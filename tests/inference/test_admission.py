@@ -171,3 +171,27 @@ def test_a_full_model_queue_sheds_new_requests_before_they_are_counted_or_charge
             filler.join(60)
         batcher._forward, batcher.max_queued_tokens = real_forward, real_bound
     assert post(client, make_key(tokens=1000), {"input": ["a short text"]}).status_code == 200
+
+
+@pytest.mark.django_db
+def test_more_image_urls_than_a_request_may_name_are_refused_before_any_fetch(
+    client, clip_models, settings
+) -> None:
+    server = ImageServer().start()
+    try:
+        settings.IMAGE_FETCH_ALLOWED_HOSTS = [server.host]
+        settings.IMAGE_MAX_URLS_PER_REQUEST = 4
+        key = make_key(tokens=1_000_000)
+        urls = [{"image": server.url(f"/img?w=32&h=32&n={i}")} for i in range(5)]
+        response = post(client, key, {"model": clip_models["v2"].name, "input": urls})
+        assert response.status_code == 400
+        assert_error_envelope(response.json(), "INPUT_INVALID_IMAGE")
+        assert "input[4]" in response.json()["detail"]
+        assert server.connections == 0
+        served = post(client, key, {"model": clip_models["v2"].name, "input": urls[:4]})
+        assert served.status_code == 200
+        assert server.connections == 4
+        key.refresh_from_db()
+        assert key.balance == 1_000_000 - served.json()["usage"]["total_tokens"]
+    finally:
+        server.stop()
