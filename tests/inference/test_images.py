@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import CLIPImageProcessorPil, CLIPModel
 
-from metering.ledger import ledger_mismatches
 from billing.services import api_key_create
+from metering.ledger import ledger_mismatches
 from tests.factories import UserFactory
 from tests.inference.images import ImageServer, b64, data_uri, image_bytes
 from tests.jina_spec import assert_error_envelope, assert_valid
