@@ -310,10 +310,12 @@ def test_a_killed_worker_fails_cleanly_and_comes_back(cluster) -> None:
 
 def test_a_hanging_worker_gives_504_within_the_timeout_uncharged(cluster) -> None:
     gateway, workers, key = cluster
+    # The balance first: reading it takes seconds, in which the gateway's health checks would
+    # find the stopped workers unhealthy, and the request would get 503 without waiting.
+    start_balance = balance(gateway, key)
     for worker in workers:
         os.kill(worker.vllm_pid(), signal.SIGSTOP)
     try:
-        start_balance = balance(gateway, key)
         started = time.monotonic()
         response = embed(gateway, key, {"model": MODEL, "input": ["are you there?"]})
         elapsed = time.monotonic() - started
