@@ -14,6 +14,8 @@ def _warm_models() -> None:
 
     if not settings.EMBEDDINGS_WARM_ON_START:
         return
+    from django.db import connection
+
     from inference.registry import runtimes
     from inference.selectors import embedding_model_list
 
@@ -21,6 +23,8 @@ def _warm_models() -> None:
         models = list(embedding_model_list())
     except Exception:  # noqa: BLE001, S110 - an unmigrated database; /ready reports it
         return
+    finally:
+        connection.close()  # the loading thread is not a request: give the connection back
     runtimes.warm(models)
 
 

@@ -51,9 +51,10 @@ _RATE_CODES = {
     "concurrency": ErrorCode.RATE_CONCURRENCY_LIMIT_EXCEEDED,
 }
 
-# How often a refund is tried when the database drops the connection under it; a refund that
-# still fails is left pending for the sweeper (within about one deadline).
-_REFUND_ATTEMPTS = 4
+# How a refund is retried when the database drops the connection under it (about 6 s in all);
+# a refund that still fails is left pending for the sweeper (within about one deadline).
+_REFUND_ATTEMPTS = 7
+_REFUND_BACKOFF_SECONDS = 0.1
 
 
 def limits_for(api_key: ApiKey) -> Limits:
@@ -289,7 +290,7 @@ class MeteredWork(Generic[T]):
                     exc_info=True,
                 )
                 _drop_broken_connection()
-                time.sleep(0.05 * 2**attempt)
+                time.sleep(min(_REFUND_BACKOFF_SECONDS * 2**attempt, 2.0))
         logger.error("Request %s left pending: the sweeper refunds it", self.request_id)
 
     def close(self) -> None:
@@ -380,6 +381,15 @@ def _drop_broken_connection() -> None:
     close_old_connections()
 
 
+def _release_pooled_connection() -> None:
+    """Give this thread's pooled connection back while the model runs, so that a pool sized
+    for the request threads is never held dry by inference (and a settle after a database
+    fault finds a fresh connection). Without a pool, keeping the connection is cheaper."""
+    if connection.in_atomic_block or not connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        return
+    connection.close()
+
+
 def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
     """Run one operation through the whole lifecycle; the caller settles failures with
     `work.fail()` (the API view's exception handler does) and always calls `work.close()`."""
@@ -388,6 +398,7 @@ def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
     with deadline_scope(deadline=work.deadline, tenant=work.tenant):
         cost = operation.count()
         work.debit(cost)
+        _release_pooled_connection()
         result = operation.run()
     work.succeed()
     return result
