@@ -379,12 +379,16 @@ class EmbeddingsOperation:
 
     def __init__(self, request: EmbeddingRequest) -> None:
         self.request = request
+        self.model: EmbeddingModel | None = None
         self.counted: CountedRequest | None = None
 
     def model_name(self) -> str:
-        model = embedding_model_resolve(name=self.request.model)
-        embedding_model_shed(model=model)
-        return model.name
+        self.model = embedding_model_resolve(name=self.request.model)
+        return self.model.name
+
+    def shed(self) -> None:
+        if self.model is not None:
+            embedding_model_shed(model=self.model)
 
     def min_tokens(self) -> int:
         return embedding_min_tokens(request=self.request)

@@ -3,7 +3,8 @@
 The order is the guarantee (README, "The request lifecycle"):
 
 1. authenticate — the DRF authentication class, before the view (checksum, then cached key);
-2. resolve — the operation names its model (a cached registry row);
+2. resolve — the operation names its model (a cached registry row), and sheds the request at
+   once when that model's queue in this process is full;
 3. **pre-admit**, before anything costly: the fresh balance must hold the operation's lower
    bound of tokens (refused here with 403, so a refusal for balance takes no rate limit), then
    one limiter call takes a concurrency slot, the request count and that lower bound of TPM;
@@ -99,6 +100,9 @@ class MeteredOperation(Protocol[T]):  # type: ignore[misc]
 
     def model_name(self) -> str:
         """Resolve the model (cheap, cached); its name for the usage row."""
+
+    def shed(self) -> None:
+        """Refuse at once (raise) when the backend already holds all the work it may queue."""
 
     def min_tokens(self) -> int:
         """A lower bound of the cost from what is already parsed (no tokenizing, no fetching)."""
@@ -393,8 +397,9 @@ def _release_pooled_connection() -> None:
 def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
     """Run one operation through the whole lifecycle; the caller settles failures with
     `work.fail()` (the API view's exception handler does) and always calls `work.close()`."""
-    model = operation.model_name()
-    work.preadmit(model=model, min_tokens=operation.min_tokens())
+    work.model = operation.model_name()
+    operation.shed()
+    work.preadmit(model=work.model, min_tokens=operation.min_tokens())
     with deadline_scope(deadline=work.deadline, tenant=work.tenant):
         cost = operation.count()
         work.debit(cost)
