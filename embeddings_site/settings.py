@@ -337,9 +337,7 @@ REQUEST_TIMEOUT_SECONDS = float(env_str("REQUEST_TIMEOUT_SECONDS", "60"))
 TRUST_X_REQUEST_START = env_bool("TRUST_X_REQUEST_START", default=False)
 # A concurrency slot held by a process that died is given back after this long: the deadline
 # plus a margin, so a killed gateway's slots come back within about one deadline.
-CONCURRENCY_LEASE_SECONDS = env_int(
-    "CONCURRENCY_LEASE_SECONDS", int(REQUEST_TIMEOUT_SECONDS) + 10
-)
+CONCURRENCY_LEASE_SECONDS = env_int("CONCURRENCY_LEASE_SECONDS", int(REQUEST_TIMEOUT_SECONDS) + 10)
 # A request still "pending" this long after its debit is from a dead gateway: refund it. The
 # sweeper runs in every gateway and worker process (USAGE_SWEEP_INTERVAL_SECONDS apart).
 USAGE_ABANDONED_AFTER_SECONDS = env_int(

@@ -11,6 +11,7 @@ from billing.models import ApiKey
 # last_used_at is for people reading a dashboard; one write a minute per key is precise enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
+
 def api_key_touch(*, api_key: ApiKey) -> None:
     """Record that a key was used, at most once per LAST_USED_RESOLUTION."""
     now = timezone.now()

@@ -10,8 +10,8 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from billing.models import ApiKey, Payment, UsageDaily, UsageRecord, User
-from metering.usage import usage_sums
 from inference.models import Worker
+from metering.usage import usage_sums
 from web.charts import Bar
 
 USAGE_FIELDS = ("requests", "errors", "text_tokens", "image_tokens", "charged_tokens")

@@ -20,7 +20,6 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from batch.selectors import batch_job_list
-from metering.lifecycle import limits_for
 from billing.models import ApiKey, User
 from billing.payments import auto_recharge_get, payment_list
 from billing.selectors import api_key_list, ledger_entries
@@ -35,6 +34,7 @@ from billing.services import (
 )
 from embeddings_site.ip_limits import posts_limited_per_ip
 from inference.selectors import embedding_model_list
+from metering.lifecycle import limits_for
 from web import selectors
 from web.charts import bar_chart
 from web.forms import GrantForm, KeyCreateForm, LimitsForm, SignUpForm

