@@ -5,8 +5,9 @@ The order is the guarantee (README, "The request lifecycle"):
 1. authenticate — the DRF authentication class, before the view (checksum, then cached key);
 2. resolve — the operation names its model (a cached registry row), and sheds the request at
    once when that model's queue in this process is full;
-3. **pre-admit**, before anything costly: the fresh balance must hold the operation's lower
-   bound of tokens (refused here with 403, so a refusal for balance takes no rate limit), then
+3. **pre-admit**, before anything costly: the balance (the cached key's, read fresh when it
+   looks short) must hold the operation's lower bound of tokens (refused here with 403, so a
+   refusal for balance takes no rate limit), then
    one limiter call takes a concurrency slot, the request count and that lower bound of TPM;
 4. count — exactly, with bounded work (tokenize; fetch images under a per-request budget);
 5. debit — the exact tokens: TPM raised from the bound to the exact count, then the balance's
@@ -162,8 +163,10 @@ class MeteredWork(Generic[T]):
         self._check_deadline()
         if self.estimate > self.limits.tpm:
             raise self._over_tpm(self.estimate, at_least=True)
-        balance = ApiKey.objects.values_list("balance", flat=True).get(pk=self.api_key.pk)
-        if balance < self.estimate:
+        # The cached key's balance answers most requests without a query; only one that looks
+        # unaffordable reads it fresh (a top-up may be newer than the cache). The debit's
+        # conditional update is what decides in the end.
+        if self.api_key.balance < self.estimate and self._fresh_balance() < self.estimate:
             raise self._insufficient(self.estimate, at_least=True)
         try:
             decision = get_limiter().admit(
@@ -177,6 +180,9 @@ class MeteredWork(Generic[T]):
         self.decision = decision
         if not decision.allowed:
             raise self._rate_limited(decision, self.estimate)
+
+    def _fresh_balance(self) -> int:
+        return int(ApiKey.objects.values_list("balance", flat=True).get(pk=self.api_key.pk))
 
     # --- 5. debit --------------------------------------------------------------------------
 
