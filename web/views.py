@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from batch.selectors import batch_job_list
@@ -38,6 +39,15 @@ from metering.lifecycle import limits_for
 from web import selectors
 from web.charts import bar_chart
 from web.forms import GrantForm, KeyCreateForm, LimitsForm, SignUpForm
+
+# Where key_create once parked a new key's plaintext until the dashboard showed it. A session row
+# is only signed, not encrypted, so it leaked the key for as long as the row lived; an entry left
+# by that code is dropped unread.
+_LEGACY_NEW_KEY = "new_key"
+
+
+def _forget_legacy_new_key(request: HttpRequest) -> None:
+    request.session.pop(_LEGACY_NEW_KEY, None)
 
 
 def _user(request: HttpRequest) -> User:
@@ -124,12 +134,12 @@ def sign_up(request: HttpRequest) -> HttpResponse:
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Keys, usage charts and payments of the signed-in user."""
     user = _user(request)
+    _forget_legacy_new_key(request)
     rows = selectors.usage_by_day(user=user, by=("model", "api_key__prefix"))
     keys = [(key, limits_for(key)) for key in api_key_list(user=user)]
     jobs = [job for key, _ in keys for job in batch_job_list(api_key=key, limit=10)]
     context = {
         "keys": keys,
-        "new_key": request.session.pop("new_key", None),
         "form": KeyCreateForm(),
         "tokens_chart": bar_chart(
             bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
@@ -160,16 +170,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 @posts_limited_per_ip("IP_RATE_LIMIT_FORMS")
+@never_cache
 def key_create(request: HttpRequest) -> HttpResponse:
-    """Issue a key; its plaintext is shown once, on the next page."""
+    """Issue a key and show its plaintext once, in this response."""
+    _forget_legacy_new_key(request)
     form = KeyCreateForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Give the key a name of at most 100 characters.")
         return redirect("dashboard")
     api_key, plaintext = api_key_create(user=_user(request), name=form.cleaned_data["name"])
-    # Kept in the session only until the dashboard shows it, once.
-    request.session["new_key"] = {"key": plaintext, "prefix": api_key.prefix, "name": api_key.name}
-    return redirect("dashboard")
+    # The plaintext lives only in this page: not in the session, a cookie, a log or the database,
+    # and no-store keeps the browser from writing the page to its cache.
+    return render(
+        request, "web/key_created.html", {"key": api_key, "plaintext": plaintext}, status=201
+    )
 
 
 @login_required

@@ -205,9 +205,8 @@ def test_users_see_and_revoke_only_their_own_keys() -> None:
 def test_a_new_key_is_shown_once() -> None:
     user = UserFactory()
     client = logged_in(user)
-    client.post("/dashboard/keys", {"name": "ci"})
-    first = client.get("/dashboard/").content.decode()
-    plaintext = re.search(r'id="new-key-value">(jina_\w+)<', first)
+    created = client.post("/dashboard/keys", {"name": "ci"}).content.decode()
+    plaintext = re.search(r'id="new-key-value">(jina_\w+)<', created)
     assert plaintext is not None
     assert ApiKey.objects.get(user=user).prefix in plaintext.group(1)
     assert plaintext.group(1) not in client.get("/dashboard/").content.decode()
