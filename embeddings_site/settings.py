@@ -6,6 +6,7 @@ Every variable has an embedded default (SQLite, in-process cache, the CPU model)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -69,7 +70,8 @@ def _secret_key() -> str:
 
 SECRET_KEY = _secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+# Not "testserver": Django's test runner (and pytest-django) adds it for the tests alone.
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
@@ -364,9 +366,23 @@ IP_RATE_LIMIT_SIGNUP = env_str("IP_RATE_LIMIT_SIGNUP", "20/h")
 IP_RATE_LIMIT_PASSWORD_RESET = env_str("IP_RATE_LIMIT_PASSWORD_RESET", "10/h")
 IP_RATE_LIMIT_TRIAL_KEY = env_str("IP_RATE_LIMIT_TRIAL_KEY", "10/h")
 IP_RATE_LIMIT_FORMS = env_str("IP_RATE_LIMIT_FORMS", "60/m")
-# Behind a proxy, name the header that carries the client address (e.g. HTTP_X_FORWARDED_FOR).
+# Behind a reverse proxy, its addresses or networks (CIDR), comma-separated: from these alone
+# X-Forwarded-For is believed, right-most untrusted entry first. None by default: the client is
+# REMOTE_ADDR. Every per-IP limit counts embeddings_site.ip_limits.client_ip.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as exc:
+        raise RuntimeError(f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network") from exc
+RATELIMIT_IP_META_KEY = "embeddings_site.ip_limits.client_ip"
+# The old way read any header a client could set; refuse it rather than quietly count every
+# client as the proxy.
 if env_str("RATELIMIT_IP_META_KEY"):
-    RATELIMIT_IP_META_KEY = env_str("RATELIMIT_IP_META_KEY")
+    raise RuntimeError(
+        "RATELIMIT_IP_META_KEY is no longer read: unset it and set TRUSTED_PROXIES to the"
+        " proxy's address (e.g. TRUSTED_PROXIES=10.0.0.0/8)"
+    )
 
 # --- Images ------------------------------------------------------------------------------
 IMAGE_MAX_BYTES = env_int("IMAGE_MAX_BYTES", 8 * 1024 * 1024)
