@@ -94,10 +94,22 @@ def worker_call(*, model: str, worker: str) -> Iterator[None]:
     WORKER_SECONDS.labels(model, worker).observe(time.perf_counter() - started)
 
 
-def _allowed(request: HttpRequest) -> bool:
-    token = settings.METRICS_TOKEN
-    header = request.headers.get("Authorization", "")
-    if token and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), token):
+def bearer_token_matches(header: str, expected: str) -> bool:
+    """`Authorization: Bearer <expected>`, compared in constant time; False when nothing is expected.
+
+    Compared as UTF-8 bytes: `hmac.compare_digest` raises TypeError on a str holding non-ASCII
+    characters, which any caller can put in the header.
+    """
+    scheme, _, token = header.partition(" ")
+    if not expected or scheme.lower() != "bearer":
+        return False
+    presented = token.strip().encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(presented, expected.encode("utf-8", "surrogatepass"))
+
+
+def metrics_caller_allowed(request: HttpRequest) -> bool:
+    """The caller presents METRICS_TOKEN as a bearer, or is a signed-in staff user."""
+    if bearer_token_matches(request.headers.get("Authorization", ""), settings.METRICS_TOKEN):
         return True
     user = getattr(request, "user", None)
     return bool(user is not None and user.is_authenticated and user.is_staff)
@@ -105,7 +117,7 @@ def _allowed(request: HttpRequest) -> bool:
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET /metrics in Prometheus' text format, for the token or staff; 404 otherwise."""
-    if not _allowed(request):
+    if not metrics_caller_allowed(request):
         raise Http404
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

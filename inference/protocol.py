@@ -8,6 +8,7 @@ Unknown keys are ignored, so newer clients keep working; known keys must have th
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,11 +112,20 @@ class EmbeddingTypeField(serializers.Field):
         return value
 
 
+def _is_blank(text: str) -> bool:
+    """Nothing but whitespace and control or format characters (NUL, zero-width space...).
+
+    Tokenizers drop all of these, so such a text would be embedded, and charged, as its
+    special tokens alone.
+    """
+    return all(char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in text)
+
+
 def _input_item(item: Any, index: int) -> EmbeddingInput:
     if isinstance(item, str):
-        if not item:
+        if _is_blank(item):
             raise serializers.ValidationError(
-                {str(index): f"input[{index}] is an empty string; every input needs some text."},
+                {str(index): f"input[{index}] has no text; every input needs some."},
                 code=ErrorCode.INPUT_EMPTY,
             )
         return TextInput(item)
@@ -127,7 +137,7 @@ def _input_item(item: Any, index: int) -> EmbeddingInput:
                     raise serializers.ValidationError(
                         {str(index): f"input[{index}].{key} must be a string."}
                     )
-                if not value:
+                if not value or (key == "text" and _is_blank(value)):
                     raise serializers.ValidationError(
                         {str(index): f"input[{index}].{key} is empty."}, code=ErrorCode.INPUT_EMPTY
                     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from django.conf import settings
@@ -13,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embeddings_site.errors import ApiError, ErrorCode
+from embeddings_site.metrics import bearer_token_matches
 from inference.workers import UnknownModel, worker_deregister, worker_heartbeat
 
 
@@ -20,15 +20,10 @@ class WorkerTokenAuthentication(BaseAuthentication):
     """`Authorization: Bearer <WORKER_TOKEN>`; no token configured means no worker may register."""
 
     def authenticate(self, request: Request) -> tuple[None, str]:
-        expected = settings.WORKER_TOKEN
-        scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-        if (
-            not expected
-            or scheme.lower() != "bearer"
-            or not secrets.compare_digest(token.strip(), expected)
-        ):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not bearer_token_matches(header, settings.WORKER_TOKEN):
             raise ApiError(ErrorCode.AUTH_INVALID_API_KEY, "Invalid worker token.")
-        return None, token
+        return None, header.partition(" ")[2].strip()
 
 
 class WorkerHeartbeatApi(APIView):
