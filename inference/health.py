@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
 from embeddings_site.json import json_response
+from embeddings_site.metrics import metrics_caller_allowed
 from inference.registry import runtimes
 from inference.selectors import embedding_model_list
 
@@ -33,7 +34,8 @@ def ready(request: HttpRequest) -> HttpResponse:
     """200 when the database answers and the model that decides readiness is loaded; else 503.
 
     The body lists every enabled model's state: "ready" when all are loaded, "degraded" when
-    the gateway serves but some model does not.
+    the gateway serves but some model does not. Each model's detail and its workers (URLs,
+    errors) are shown only to staff or with METRICS_TOKEN as a bearer, as /metrics is.
     """
     checks: dict[str, object] = {}
     try:
@@ -47,14 +49,19 @@ def ready(request: HttpRequest) -> HttpResponse:
     if not models:
         checks["models"] = "no enabled models (run `python manage.py register_models`)"
         return json_response({"status": "not ready", "checks": checks}, status=503)
+    # The probe is anonymous; load errors and worker URLs and errors describe the inside of
+    # the deployment, so only the operator (staff or the metrics token) sees them.
+    operator = metrics_caller_allowed(request)
     model_states: dict[str, dict[str, object]] = {}
     unloaded = []
     for model in models:
         status = runtimes.status(model)
-        model_states[model.name] = {"state": status.state, "detail": status.detail}
-        workers_status = getattr(runtimes.loaded_backend(model), "workers_status", None)
-        if workers_status is not None:
-            model_states[model.name]["workers"] = workers_status()
+        model_states[model.name] = {"state": status.state}
+        if operator:
+            model_states[model.name]["detail"] = status.detail
+            workers_status = getattr(runtimes.loaded_backend(model), "workers_status", None)
+            if workers_status is not None:
+                model_states[model.name]["workers"] = workers_status()
         if status.state == "not loaded":
             unloaded.append(model)
     if unloaded:

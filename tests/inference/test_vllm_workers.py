@@ -138,6 +138,7 @@ def cluster(gateways, tmp_path):
         threads=16,
         env={
             "WORKER_TOKEN": "test-worker-token",
+            "METRICS_TOKEN": "test-metrics-token",  # /ready shows workers to the operator only
             "WORKER_REQUEST_TIMEOUT_SECONDS": "8",
             "WORKER_HEALTH_INTERVAL_SECONDS": "1",
             "MODEL_CACHE_SECONDS": "0",  # a test may edit the registry under the running gateway
@@ -172,7 +173,11 @@ def cluster(gateways, tmp_path):
 
 
 def ready_workers(gateway: Gateway) -> list[dict]:
-    body = requests.get(f"{gateway.url}/ready", timeout=10).json()
+    body = requests.get(
+        f"{gateway.url}/ready",
+        headers={"Authorization": f"Bearer {gateway.env['METRICS_TOKEN']}"},
+        timeout=10,
+    ).json()
     return body["checks"]["models"].get(MODEL, {}).get("workers", [])
 
 
