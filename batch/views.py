@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.http import StreamingHttpResponse
+from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_serializer, extend_schema_view
 from rest_framework import serializers
@@ -441,5 +442,6 @@ class FileContentApi(BatchApiView):
         response = StreamingHttpResponse(
             iter([bytes(file.content)]), content_type="application/jsonl"
         )
-        response["Content-Disposition"] = f'attachment; filename="{file.filename}"'
+        # RFC 6266: a non-ASCII name goes in filename*=utf-8''..., not RFC 2047 words.
+        response["Content-Disposition"] = content_disposition_header(True, file.filename)
         return response
