@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -54,6 +56,16 @@ def _payment_errors_as_json(view: Callable[..., JsonResponse]) -> Callable[..., 
 @require_GET
 def billing_page(request: HttpRequest) -> HttpResponse:
     """Top up a key, set auto-recharge, list payments."""
+    return _billing_page_render(request)
+
+
+def _billing_page_render(
+    request: HttpRequest,
+    *,
+    status: int = 200,
+    refused_key: ApiKey | None = None,
+    recharge_errors: list[str] | None = None,
+) -> HttpResponse:
     user = _user(request)
     keys = list(api_key_list(user=user).filter(revoked_at__isnull=True))
     recharges = {key.pk: payments.auto_recharge_get(api_key=key) for key in keys}
@@ -63,11 +75,14 @@ def billing_page(request: HttpRequest) -> HttpResponse:
         "stripe_js_url": settings.STRIPE_JS_URL,
         "packs": payments.token_packs(),
         "keys": [(key, recharges[key.pk]) for key in keys],
+        # The auto-recharge form that was refused, and why, shown on that form.
+        "refused_key_pk": refused_key.pk if refused_key else None,
+        "recharge_errors": recharge_errors or [],
         "selected_key": request.GET.get("key", ""),
         "payments": payments.payment_list(user=user),
         "card_label": user.card_label,
     }
-    return render(request, "billing/billing.html", context)
+    return render(request, "billing/billing.html", context, status=status)
 
 
 @login_required
@@ -163,24 +178,68 @@ def payment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "billing/payment_detail.html", context)
 
 
+# The columns' ranges: a value past them would fail in the database, after validation.
+_THRESHOLD_MAX = 2**63 - 1  # AutoRecharge.threshold_tokens, a BigIntegerField
+_CAP_MAX = Decimal(2**31 - 1) / 100  # AutoRecharge.monthly_cap_amount, in minor units
+
+
+class AutoRechargeForm(forms.Form):
+    """One key's auto-recharge settings as typed on the billing page; a blank number is 0."""
+
+    enabled = forms.BooleanField(required=False)
+    threshold_tokens = forms.CharField(required=False, strip=True, label="Recharge below")
+    pack_id = forms.CharField(required=False, max_length=50)
+    monthly_cap = forms.DecimalField(
+        required=False,
+        min_value=Decimal(0),
+        max_value=_CAP_MAX,
+        label="Monthly cap",
+        error_messages={
+            # DecimalField refuses inf and nan as "invalid".
+            "invalid": "Enter an amount, such as 50 or 4.99.",
+            "min_value": "The monthly cap cannot be negative.",
+            "max_value": f"The monthly cap can be at most {_CAP_MAX:,}.",
+        },
+    )
+
+    def clean_threshold_tokens(self) -> int:
+        typed = self.cleaned_data["threshold_tokens"].replace(",", "").replace("_", "")
+        if not typed:
+            return 0
+        if not typed.isascii() or not typed.isdigit() or int(typed) > _THRESHOLD_MAX:
+            raise forms.ValidationError(
+                f"Enter a whole number of tokens from 0 to {_THRESHOLD_MAX:,}."
+            )
+        return int(typed)
+
+    def clean_monthly_cap(self) -> int:
+        """The cap in minor units (cents)."""
+        cap = self.cleaned_data["monthly_cap"]
+        return 0 if cap is None else int((cap * 100).quantize(Decimal(1), ROUND_HALF_EVEN))
+
+
 @login_required
 @require_POST
 def auto_recharge_save(request: HttpRequest, key_id: int) -> HttpResponse:
-    """Save a key's auto-recharge form."""
+    """Save a key's auto-recharge form; a value out of range is a 400 page that says which."""
     api_key = get_object_or_404(ApiKey, pk=key_id, user=request.user, revoked_at__isnull=True)
-    try:
-        threshold = int(request.POST.get("threshold_tokens", "0").replace(",", "").replace("_", ""))
-        cap = round(float(request.POST.get("monthly_cap", "0")) * 100)
-    except ValueError:
-        messages.error(request, "The threshold and the monthly cap must be numbers.")
-        return redirect("billing")
+    form = AutoRechargeForm(request.POST)
+    if not form.is_valid():
+        errors = [
+            f"{form.fields[name].label or name}: {message}"
+            for name, messages_ in form.errors.items()
+            for message in messages_
+        ]
+        return _billing_page_render(
+            request, status=400, refused_key=api_key, recharge_errors=errors
+        )
     try:
         payments.auto_recharge_configure(
             api_key=api_key,
-            enabled=request.POST.get("enabled") == "on",
-            threshold_tokens=threshold,
-            pack_id=request.POST.get("pack_id", ""),
-            monthly_cap_amount=cap,
+            enabled=form.cleaned_data["enabled"],
+            threshold_tokens=form.cleaned_data["threshold_tokens"],
+            pack_id=form.cleaned_data["pack_id"],
+            monthly_cap_amount=form.cleaned_data["monthly_cap"],
         )
     except payments.PaymentError as exc:
         messages.error(request, str(exc))

@@ -16,7 +16,7 @@ from django.core import mail
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from billing.models import ApiKey, User
+from billing.models import ApiKey, AutoRecharge, User
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory, UserFactory
 from tests.infra import ROOT
 
@@ -334,3 +334,50 @@ def test_the_dashboard_and_key_page_list_a_keys_batch_jobs_with_progress(
         assert row is not None, url
         assert "Completed" in row.group(1) and 'data-done="3"' in row.group(1)
     assert job_id not in logged_in(UserFactory()).get("/dashboard/").content.decode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("monthly_cap", "inf", "Monthly cap: Enter an amount"),
+        ("monthly_cap", "nan", "Monthly cap: Enter an amount"),
+        ("monthly_cap", "1e308", "Monthly cap: The monthly cap can be at most 21,474,836.47."),
+        ("monthly_cap", "-1", "Monthly cap: The monthly cap cannot be negative."),
+        ("threshold_tokens", "1" * 24, "Recharge below: Enter a whole number of tokens"),
+        ("threshold_tokens", "12abc", "Recharge below: Enter a whole number of tokens"),
+    ],
+)
+def test_an_auto_recharge_value_out_of_range_is_a_form_error_and_saves_nothing(
+    field: str, value: str, message: str
+) -> None:
+    api_key = ApiKeyFactory()
+    client = logged_in(api_key.user)
+    typed = {"threshold_tokens": "5000", "pack_id": "", "monthly_cap": "20"} | {field: value}
+
+    response = client.post(f"/billing/keys/{api_key.pk}/auto-recharge", typed)
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    form = page[page.index(f'id="auto-recharge-{api_key.pk}"') :]
+    assert message in form[: form.index("</form>")]
+    recharge = AutoRecharge.objects.filter(api_key=api_key).first()
+    assert recharge is None or (recharge.threshold_tokens, recharge.monthly_cap_amount) == (
+        1_000_000,
+        100_000,
+    )
+
+
+def test_auto_recharge_settings_typed_with_separators_and_cents_are_saved() -> None:
+    api_key = ApiKeyFactory()
+    client = logged_in(api_key.user)
+    response = client.post(
+        f"/billing/keys/{api_key.pk}/auto-recharge",
+        {"threshold_tokens": "1,500_000", "pack_id": "", "monthly_cap": "4.99"},
+    )
+    assert response.status_code == 302
+    recharge = AutoRecharge.objects.get(api_key=api_key)
+    assert (recharge.enabled, recharge.threshold_tokens, recharge.monthly_cap_amount) == (
+        False,
+        1_500_000,
+        499,
+    )
