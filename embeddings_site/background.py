@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -77,11 +78,16 @@ def _forget(future: Future[Any]) -> None:
 
 
 def local_tasks_wait(timeout: float = 30) -> None:
-    """Wait for this process's queued local tasks (tests and shutdown)."""
-    with _lock:
-        pending = list(_pending)
-    for future in pending:
-        future.result(timeout=timeout)
+    """Wait until this process has no local task queued or running (tests and shutdown),
+    including tasks that the awaited ones enqueue (a batch chunk's debit enqueues a charge)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _lock:
+            pending = list(_pending)
+        if not pending:
+            return
+        for future in pending:
+            future.result(timeout=max(deadline - time.monotonic(), 0.001))
 
 
 def periodic_start(
