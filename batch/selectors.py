@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 
 from batch.formats import ERRORS_FILE_SUFFIX, OUTPUT_FILE_SUFFIX
 from batch.models import BatchChunk, BatchFile, BatchJob
@@ -123,3 +123,26 @@ def batch_webhooks_due(*, now: datetime) -> list[str]:
         webhook_status=BatchJob.Webhook.PENDING, webhook_next_attempt_at__lte=now
     )
     return list(jobs.values_list("id", flat=True)[:500])
+
+
+def batch_key_active_jobs(*, api_key: ApiKey) -> tuple[int, int]:
+    """A key's active (pending or processing) jobs and the sum of their `total_lines` (an
+    input_url job's lines count once its file is fetched)."""
+    totals = BatchJob.objects.filter(api_key=api_key, status__in=BatchJob.ACTIVE).aggregate(
+        jobs=Count("pk"), lines=Sum("total_lines")
+    )
+    return int(totals["jobs"]), int(totals["lines"] or 0)
+
+
+def batch_key_stored_upload_bytes(*, api_key: ApiKey, now: datetime) -> int:
+    """Bytes in a key's uploaded files that have not expired."""
+    files = BatchFile.objects.filter(api_key=api_key, origin=BatchFile.Origin.UPLOAD).filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+    )
+    return int(files.aggregate(total=Sum("size"))["total"] or 0)
+
+
+def batch_key_url_jobs_since(*, api_key: ApiKey, since: datetime) -> list[datetime]:
+    """When a key created its input_url jobs since `since`, oldest first (any status)."""
+    jobs = BatchJob.objects.filter(api_key=api_key, created_at__gte=since).exclude(input_url="")
+    return list(jobs.order_by("created_at").values_list("created_at", flat=True))

@@ -24,6 +24,11 @@ from django.utils import timezone
 
 from batch.lines import EMBEDDINGS_ENDPOINT, BatchLine, batch_lines_from_jsonl, batch_lines_to_jsonl
 from batch.models import BatchChunk, BatchFile, BatchJob
+from batch.selectors import (
+    batch_key_active_jobs,
+    batch_key_stored_upload_bytes,
+    batch_key_url_jobs_since,
+)
 from billing.models import ApiKey
 from embeddings_site.background import task_enqueue_named
 from embeddings_site.errors import ApiError, ErrorCode
@@ -87,10 +92,14 @@ def batch_lines_model(*, lines: list[BatchLine], model: str | None) -> Embedding
 
 @transaction.atomic
 def batch_file_create(*, api_key: ApiKey, filename: str, content: bytes) -> BatchFile:
-    """Store an uploaded JSONL file of request lines after checking every line's shape."""
+    """Store an uploaded JSONL file of request lines after checking every line's shape, the
+    key's balance and its storage quota."""
     _check_size(len(content))
     lines = batch_lines_from_jsonl(content)
     batch_lines_model(lines=lines, model=None)
+    _lock_key(api_key)
+    _check_balance(api_key)
+    _check_storage_quota(api_key, size=len(content))
     return BatchFile.objects.create(
         id=_new_id("file-"),
         api_key=api_key,
@@ -112,6 +121,68 @@ def batch_file_delete(*, file: BatchFile) -> None:
             f"File {file.id} is the input of a job that is still running; cancel it first.",
         )
     file.delete()
+
+
+# --- Quotas ----------------------------------------------------------------------------------
+# Checked after a request's own validation, in the creating transaction under the key's row
+# lock, before anything is stored: one key's concurrent creations queue behind each other
+# (Postgres) and each counts the others' rows; SQLite's IMMEDIATE transactions already
+# serialise writers. The lock is the one a debit takes (metering.ledger), held only briefly.
+
+
+def _lock_key(api_key: ApiKey) -> None:
+    list(ApiKey.objects.select_for_update().filter(pk=api_key.pk).values_list("pk", flat=True))
+
+
+def _quota_exceeded(message: str, *, retry_after: int | None = None) -> ApiError:
+    headers = {"Retry-After": str(max(retry_after, 1))} if retry_after is not None else None
+    return ApiError(ErrorCode.RATE_BATCH_QUOTA_EXCEEDED, message, headers=headers)
+
+
+def _check_job_quota(api_key: ApiKey, *, lines: int, input_url: bool) -> None:
+    """Refuse a new job that would pass the key's quotas of active jobs, of lines in them, or
+    of input_url jobs an hour."""
+    jobs, active_lines = batch_key_active_jobs(api_key=api_key)
+    max_jobs = settings.BATCH_MAX_ACTIVE_JOBS_PER_KEY
+    if max_jobs and jobs >= max_jobs:
+        raise _quota_exceeded(
+            f"This key has {jobs} batch jobs pending or running, its quota; wait for one to "
+            "finish or cancel one."
+        )
+    max_lines = settings.BATCH_MAX_ACTIVE_LINES_PER_KEY
+    if max_lines and active_lines + lines > max_lines:
+        raise _quota_exceeded(
+            f"This job's {lines:,} lines and the {active_lines:,} of this key's pending or "
+            f"running jobs would pass its quota of {max_lines:,} lines in flight; wait for a "
+            "job to finish."
+        )
+    max_url_jobs = settings.BATCH_MAX_URL_JOBS_PER_HOUR_PER_KEY
+    if input_url and max_url_jobs:
+        now = timezone.now()
+        created = batch_key_url_jobs_since(api_key=api_key, since=now - timedelta(hours=1))
+        if len(created) >= max_url_jobs:
+            # The hour's window frees a place when the oldest of the last max_url_jobs leaves it.
+            frees_at = created[len(created) - max_url_jobs] + timedelta(hours=1)
+            raise _quota_exceeded(
+                f"This key created {len(created)} input_url jobs in the last hour, its quota of "
+                f"{max_url_jobs}; retry after the Retry-After seconds.",
+                retry_after=int((frees_at - now).total_seconds() + 0.999),
+            )
+
+
+def _check_storage_quota(api_key: ApiKey, *, size: int) -> None:
+    limit = settings.BATCH_MAX_STORED_BYTES_PER_KEY
+    if not limit:
+        return
+    stored = batch_key_stored_upload_bytes(api_key=api_key, now=timezone.now())
+    if stored + size > limit:
+        raise ApiError(
+            ErrorCode.RATE_FILE_STORAGE_QUOTA_EXCEEDED,
+            f"This file's {size:,} bytes and the {stored:,} of this key's stored uploads would "
+            f"pass its quota of {limit:,} bytes; delete files you no longer need "
+            "(DELETE /v1/files/{file_id}).",
+            param="file",
+        )
 
 
 # --- Creating jobs ---------------------------------------------------------------------------
@@ -170,13 +241,15 @@ def batch_job_create_jina(
     webhook_secret: str = "",
 ) -> BatchJob:
     """A job from Jina's BatchEmbeddingRequest: inline lines, or an input_url fetched later."""
-    _check_balance(api_key)
     embedding_model = batch_lines_model(lines=lines or [], model=model)
     _check_task(embedding_model, options.get("task"))
     if input_url:
         _check_url(input_url, param="input_url", label="input")
     if webhook_url:
         _check_url(webhook_url, param="webhook_url", label="webhook")
+    _lock_key(api_key)
+    _check_balance(api_key)
+    _check_job_quota(api_key, lines=len(lines or []), input_url=bool(input_url))
     input_file = None
     if lines is not None:
         content = batch_lines_to_jsonl(lines)
@@ -244,7 +317,9 @@ def batch_job_create_openai(
         )
     lines = batch_lines_from_jsonl(bytes(file.content))
     embedding_model = batch_lines_model(lines=lines, model=None)
+    _lock_key(api_key)
     _check_balance(api_key)
+    _check_job_quota(api_key, lines=len(lines), input_url=False)
     return _job_create(
         api_key=api_key,
         fmt=BatchJob.Format.OPENAI,

@@ -483,6 +483,15 @@ BATCH_INPUT_FETCH_DEADLINE = float(env_str("BATCH_INPUT_FETCH_DEADLINE", "60"))
 BATCH_WEBHOOK_TIMEOUT_SECONDS = float(env_str("BATCH_WEBHOOK_TIMEOUT_SECONDS", "10"))
 BATCH_WEBHOOK_MAX_ATTEMPTS = env_int("BATCH_WEBHOOK_MAX_ATTEMPTS", 5)
 BATCH_WEBHOOK_RETRY_SECONDS = env_int("BATCH_WEBHOOK_RETRY_SECONDS", 30)
+# Quotas per key, checked (under the key's row lock) before a job or file is stored; 0 turns one
+# off. Active (pending or processing) jobs, and the request lines they hold between them (an
+# input_url job's lines count once fetched) -> 429 RATE_BATCH_QUOTA_EXCEEDED; input_url jobs
+# created in the last hour (each one makes this server fetch a file) -> the same code with
+# Retry-After; bytes of unexpired uploads -> 429 RATE_FILE_STORAGE_QUOTA_EXCEEDED.
+BATCH_MAX_ACTIVE_JOBS_PER_KEY = env_int("BATCH_MAX_ACTIVE_JOBS_PER_KEY", 10)
+BATCH_MAX_ACTIVE_LINES_PER_KEY = env_int("BATCH_MAX_ACTIVE_LINES_PER_KEY", 200_000)
+BATCH_MAX_URL_JOBS_PER_HOUR_PER_KEY = env_int("BATCH_MAX_URL_JOBS_PER_HOUR_PER_KEY", 20)
+BATCH_MAX_STORED_BYTES_PER_KEY = env_int("BATCH_MAX_STORED_BYTES_PER_KEY", 100 * 1024 * 1024)
 # host:port pairs an input_url or webhook_url may name although they are not public addresses.
 # Empty in production; the tests name their local servers here.
 BATCH_URL_ALLOWED_HOSTS: list[str] = env_list("BATCH_URL_ALLOWED_HOSTS", [])
