@@ -57,7 +57,8 @@ run: install
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	@echo "Serving on http://$(HOST):$(PORT)  (create a key: $(BIN)/python manage.py createkey --email you@example.com)"
 	exec $(BIN)/gunicorn embeddings_site.wsgi --bind $(HOST):$(PORT) --worker-class gthread \
-		--workers $(WORKERS) --threads $(THREADS) --timeout 120 --access-logfile - --no-control-socket
+		--workers $(WORKERS) --threads $(THREADS) --timeout 120 --access-logfile - --no-control-socket \
+		--logger-class embeddings_site.gunicorn_logging.RedactingLogger
 
 lint: install-test
 	$(BIN)/ruff check .
