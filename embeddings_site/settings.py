@@ -93,6 +93,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "embeddings_site.middleware.RequestIdMiddleware",
+    "embeddings_site.csp.ContentSecurityPolicyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "embeddings_site.middleware.RequestBodyLimitMiddleware",

@@ -60,13 +60,40 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
+# Refusals by design: Redoc's "powered by" logo from its CDN (this site loads nothing from one).
+EXPECTED_REFUSALS = ("https://cdn.redoc.ly/",)
+
+
+def csp_violations(page: Any) -> list[str]:
+    """The page's Content-Security-Policy refusals, as chromium reports them on the console."""
+    refused: list[str] = []
+
+    def seen(message: Any) -> None:
+        text = message.text
+        if "Content Security Policy" in text and not any(u in text for u in EXPECTED_REFUSALS):
+            refused.append(text)
+
+    page.on("console", seen)
+    return refused
+
+
+def wait_for_playground_key(page: Any) -> None:
+    """Until the playground's key field holds a key (a Playwright assertion: the page's CSP
+    refuses the eval that wait_for_function's string predicates need)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#pg-key")).to_have_value(re.compile(r"^jina_"), timeout=60_000)
+
+
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(60_000)
+    refused = csp_violations(page)
     yield page
     context.close()
+    assert not refused, f"the Content-Security-Policy refused: {refused}"
 
 
 def shot(page: Any, name: str) -> None:
@@ -219,11 +246,31 @@ def test_a_visitor_gets_a_trial_key_and_can_embed(
     EmbeddingModelFactory()
     page.goto(f"{live_server.url}/")
     page.click("#pg-get-key")
-    page.wait_for_function("document.querySelector('#pg-key').value.startsWith('jina_')")
+    wait_for_playground_key(page)
     response = embed_in_playground(page)
     key = ApiKey.objects.get(name="playground trial")
     assert key.balance == settings.VISITOR_TRIAL_TOKENS - response["usage"]["total_tokens"]
     assert not key.user.has_usable_password()
+
+
+def test_logging_out_forgets_the_playground_key_kept_in_this_browser(
+    live_server: Any, page: Any
+) -> None:
+    """The next person at this browser must not find the last user's key in the playground."""
+    EmbeddingModelFactory()
+    User.objects.create_user(email="shared-laptop@example.com", password=PASSWORD)
+    log_in(page, live_server.url, "shared-laptop@example.com")
+    page.goto(f"{live_server.url}/")
+    page.click("#pg-get-key")
+    wait_for_playground_key(page)
+    stored = "localStorage.getItem('embeddings.playground.key')"
+    assert (page.evaluate(stored) or "").startswith("jina_")
+
+    page.click("header.site form button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+    assert page.locator("header.site >> text=Log in").count() == 1
+    assert page.evaluate(stored) is None
+    assert page.input_value("#pg-key") == ""
 
 
 def test_staff_see_totals_across_users_and_act_on_keys(live_server: Any, page: Any) -> None:
@@ -275,6 +322,7 @@ def test_every_page_renders_styled_and_fits_a_phone(live_server: Any, browser: A
     )
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = context.new_page()
+    refused = csp_violations(page)
     log_in(page, live_server.url, "phone@example.com")
     page.fill("#key-create input[name=name]", "phone")
     page.click("#key-create button[type=submit]")
@@ -301,6 +349,7 @@ def test_every_page_renders_styled_and_fits_a_phone(live_server: Any, browser: A
             page.wait_for_selector("text=Create embeddings", state="attached")
         shot(page, name)
     context.close()
+    assert not refused, f"the Content-Security-Policy refused: {refused}"
 
 
 @pytest.fixture(scope="module")
