@@ -5,6 +5,7 @@ and a key without tokens can neither start a job nor upload a file."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,8 +17,10 @@ from django.utils import timezone
 from batch.models import BatchFile, BatchJob
 from batch.processing import batch_job_process
 from batch.tasks import batch_maintenance
-from tests.batch.conftest import BatchApi, inline_lines, key_with
+from tests.batch.conftest import BatchApi, LocalHttpServer, inline_lines, key_with
+from tests.billing.test_metering_e2e import create_key
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory
+from tests.infra import Gateway
 from tests.jina_spec import assert_error_envelope
 
 QUOTA = "RATE_BATCH_QUOTA_EXCEEDED"
@@ -204,3 +207,44 @@ def test_concurrent_creations_of_one_key_do_not_pass_the_quota(
         assert time.monotonic() < deadline, "jobs still running after 60 s"
         time.sleep(0.05)
     assert http_server.connections == 3
+
+
+@pytest.mark.e2e
+def test_concurrent_creations_on_postgres_are_held_to_the_quota(
+    gateways, postgres_url, tmp_path
+) -> None:
+    """The same race across two gunicorn workers on Postgres, where only the key's row lock
+    keeps the creations from each counting the jobs before the others commit."""
+    source = LocalHttpServer().start()
+    try:
+        source.routes["/in.jsonl"] = (200, b'{"custom_id": "a", "body": {"input": "x"}}\n')
+        env = {
+            "DATABASE_URL": postgres_url,
+            "BATCH_URL_ALLOWED_HOSTS": source.host,
+            "BATCH_MAX_URL_JOBS_PER_HOUR_PER_KEY": "3",
+        }
+        gateway = Gateway(tmp_path / "gw", workers=2, threads=8, env=env).start()
+        gateways.append(gateway)
+        key = create_key(gateway, "--tokens", "100000")
+        barrier = threading.Barrier(12)
+
+        def create(_: int) -> int:
+            barrier.wait()
+            return requests.post(
+                f"{gateway.url}/v1/batch/embeddings",
+                json={"input_url": source.url("/in.jsonl")},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            ).status_code
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = sorted(pool.map(create, range(12)))
+        assert statuses == [200] * 3 + [429] * 9
+        listed = requests.get(
+            f"{gateway.url}/v1/batches?limit=100",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        ).json()["data"]
+        assert len(listed) == 3
+    finally:
+        source.stop()
