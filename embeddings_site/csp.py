@@ -42,8 +42,9 @@ PAGE_ALLOWANCES: dict[str, dict[str, tuple[str, ...]]] = {
 # Stripe.js's production origin reaches these hosts too (Stripe's CSP guide above).
 STRIPE_PRODUCTION: dict[str, dict[str, tuple[str, ...]]] = {
     "https://js.stripe.com": {
+        "script-src": ("https://*.js.stripe.com",),
         "connect-src": ("https://api.stripe.com",),
-        "frame-src": ("https://hooks.stripe.com",),
+        "frame-src": ("https://*.js.stripe.com", "https://hooks.stripe.com"),
     },
 }
 

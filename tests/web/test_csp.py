@@ -112,3 +112,12 @@ def test_the_templates_style_attributes_are_the_ones_the_policy_allows() -> None
 def test_json_answers_carry_no_policy() -> None:
     response = Client().get("/v1/models")
     assert "Content-Security-Policy" not in response
+
+
+def test_production_stripe_js_is_allowed_its_api_and_frames(settings: Any) -> None:
+    """With the default Stripe.js URL, the hosts Stripe's CSP guide names are allowed."""
+    settings.STRIPE_JS_URL = "https://js.stripe.com/v3/"
+    rules = policy(Client().get("/"))
+    assert "https://js.stripe.com" in rules["script-src"]
+    assert {"https://js.stripe.com", "https://hooks.stripe.com"} <= set(rules["frame-src"])
+    assert "https://api.stripe.com" in rules["connect-src"]
