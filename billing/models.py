@@ -40,6 +40,8 @@ class User(AbstractUser):
     # The card saved for top-ups and auto-recharge (a Stripe PaymentMethod id) and its label.
     stripe_payment_method_id = models.CharField(max_length=255, blank=True)
     card_label = models.CharField(max_length=100, blank=True)
+    # Set when the owner followed the signed link mailed at sign-up; the trial waits for it.
+    email_verified_at = models.DateTimeField(null=True, blank=True)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS = []

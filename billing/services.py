@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
+
 from django.conf import settings
+from django.core.mail import send_mail
+from django.core.signing import BadSignature, SignatureExpired, TimestampSigner
 from django.db import transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 
 from billing.models import ApiKey, LedgerEntry, Tier, User
@@ -14,12 +20,13 @@ from metering.selectors import api_key_cache_clear
 
 @transaction.atomic
 def user_get_or_create(*, email: str) -> tuple[User, bool]:
-    """The user with this e-mail, created without a usable password when new."""
+    """The user with this e-mail, created without a usable password when new (by an operator,
+    who vouches for the address: it counts as verified, so the first key gets the trial)."""
     email = User.objects.normalize_email(email).lower()
     user = User.objects.filter(email=email).first()
     if user is not None:
         return user, False
-    return User.objects.create_user(email=email), True
+    return User.objects.create_user(email=email, email_verified_at=timezone.now()), True
 
 
 @transaction.atomic
@@ -27,6 +34,89 @@ def user_sign_up(*, email: str, password: str) -> User:
     """A new account with a password (the sign-up form validated both)."""
     email = User.objects.normalize_email(email).lower()
     return User.objects.create_user(email=email, password=password)
+
+
+# How long a link mailed at sign-up (or resent) verifies the address.
+EMAIL_VERIFICATION_MAX_AGE = timedelta(days=3)
+_EMAIL_VERIFICATION_SALT = "billing.user-email-verification"
+
+
+class EmailVerificationError(Exception):
+    """A verification link that is expired, tampered with or for an address no longer the user's."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expired = expired
+
+
+@dataclass(frozen=True)
+class EmailVerification:
+    user: User
+    newly_verified: bool
+    # The key that received the trial just now, if one did.
+    trial_key: ApiKey | None
+
+
+def user_email_verification_token(*, user: User) -> str:
+    """A signed, expiring token naming the user and the address it proves (URL-safe)."""
+    return TimestampSigner(salt=_EMAIL_VERIFICATION_SALT).sign_object(
+        {"user": user.pk, "email": user.email}
+    )
+
+
+def user_email_verification_send(*, user: User, verify_url: str) -> None:
+    """Mail the user the link that verifies their address and unlocks the trial."""
+    context = {"email": user.email, "verify_url": verify_url, "trial_tokens": settings.TRIAL_TOKENS}
+    send_mail(
+        subject="Verify your e-mail address",
+        message=render_to_string("registration/verify_email_email.txt", context),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+
+
+@transaction.atomic
+def user_email_verify(*, token: str) -> EmailVerification:
+    """Mark the token's user verified and grant the trial to their first key, exactly once."""
+    signer = TimestampSigner(salt=_EMAIL_VERIFICATION_SALT)
+    try:
+        claim = signer.unsign_object(token, max_age=EMAIL_VERIFICATION_MAX_AGE)
+    except SignatureExpired as exc:
+        raise EmailVerificationError(
+            "This verification link has expired. Log in and ask for a new one.", expired=True
+        ) from exc
+    except BadSignature as exc:
+        raise EmailVerificationError(
+            "This verification link is not valid. Copy the whole link from the e-mail, "
+            "or log in and ask for a new one."
+        ) from exc
+    # The user row lock makes a link followed twice at once verify (and grant) only once.
+    user = User.objects.select_for_update().filter(pk=claim.get("user")).first()
+    if user is None or user.email != claim.get("email"):
+        raise EmailVerificationError(
+            "This verification link is for an address this account no longer has."
+        )
+    newly_verified = user.email_verified_at is None
+    trial_key = None
+    if newly_verified:
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
+        first_key = ApiKey.objects.filter(user=user).order_by("pk").first()
+        if first_key is not None:
+            trial_key = _trial_grant(user=user, api_key=first_key)
+    return EmailVerification(user=user, newly_verified=newly_verified, trial_key=trial_key)
+
+
+def _trial_grant(*, user: User, api_key: ApiKey) -> ApiKey | None:
+    """TRIAL_TOKENS to `api_key` if the (locked, verified) user never had a trial; else None."""
+    if settings.TRIAL_TOKENS <= 0 or user.email_verified_at is None:
+        return None
+    # Accounts from before verification existed got their trial at their first key.
+    if LedgerEntry.objects.filter(api_key__user=user, kind=LedgerEntry.Kind.TRIAL_GRANT).exists():
+        return None
+    balance_credit(api_key=api_key, tokens=settings.TRIAL_TOKENS, kind=LedgerEntry.Kind.TRIAL_GRANT)
+    return api_key
 
 
 def user_suspend(*, user: User, suspended: bool = True) -> User:
@@ -61,8 +151,12 @@ def api_key_create(
     """Issue a key; returns the row and the plaintext, which is never stored or shown again.
 
     `tokens` starts the key with exactly that many (an admin grant, no trial); otherwise the
-    first key a user ever gets receives the trial grant (TRIAL_TOKENS).
+    first key a user ever gets receives the trial grant (TRIAL_TOKENS) once the user's e-mail
+    is verified: now if it already is, else when they follow the link (user_email_verify).
     """
+    if tokens is None:
+        # Locked so a verification at the same moment sees this key or grants before it exists.
+        user = User.objects.select_for_update().get(pk=user.pk)
     first_key = not ApiKey.objects.filter(user=user).exists()
     plaintext = key_generate()
     api_key = ApiKey.objects.create(
@@ -83,10 +177,8 @@ def api_key_create(
                 kind=LedgerEntry.Kind.ADMIN_GRANT,
                 reference="issued with the key",
             )
-    elif first_key and settings.TRIAL_TOKENS > 0:
-        balance_credit(
-            api_key=api_key, tokens=settings.TRIAL_TOKENS, kind=LedgerEntry.Kind.TRIAL_GRANT
-        )
+    elif first_key:
+        _trial_grant(user=user, api_key=api_key)
     api_key.refresh_from_db(fields=["balance"])
     return api_key, plaintext
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import factory
+from django.utils import timezone
 
 from billing.models import ApiKey, User
 from billing.services import api_key_create
@@ -18,6 +19,8 @@ class UserFactory(factory.django.DjangoModelFactory):
         django_get_or_create = ("email",)
 
     email = factory.Sequence(lambda n: f"user{n}@example.com")
+    # An established account: its address is verified, so its first key gets the trial.
+    email_verified_at = factory.LazyFunction(timezone.now)
 
 
 class ApiKeyFactory(factory.django.DjangoModelFactory):

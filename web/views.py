@@ -25,10 +25,14 @@ from billing.models import ApiKey, User
 from billing.payments import auto_recharge_get, payment_list
 from billing.selectors import api_key_list, ledger_entries
 from billing.services import (
+    EmailVerificationError,
     api_key_create,
     api_key_grant,
     api_key_revoke,
     api_key_set_limits,
+    user_email_verification_send,
+    user_email_verification_token,
+    user_email_verify,
     user_sign_up,
     user_suspend,
     visitor_trial_key_create,
@@ -114,16 +118,56 @@ def trial_key(request: HttpRequest) -> JsonResponse:
 @require_http_methods(["GET", "POST"])
 @posts_limited_per_ip("IP_RATE_LIMIT_SIGNUP")
 def sign_up(request: HttpRequest) -> HttpResponse:
-    """Create an account and log in."""
+    """Create an account, mail the link that verifies its address, and log in."""
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = user_sign_up(
             email=form.cleaned_data["email"], password=form.cleaned_data["password1"]
         )
+        _send_verification(request, user)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, "Welcome! Create your first key to get your free trial tokens.")
+        messages.success(request, f"Welcome! We sent a link to {user.email} to verify it.")
         return redirect("dashboard")
     return render(request, "registration/signup.html", {"form": form})
+
+
+def _send_verification(request: HttpRequest, user: User) -> None:
+    token = user_email_verification_token(user=user)
+    url = request.build_absolute_uri(reverse("verify-email", kwargs={"token": token}))
+    user_email_verification_send(user=user, verify_url=url)
+
+
+@require_GET
+def verify_email(request: HttpRequest, token: str) -> HttpResponse:
+    """Follow the mailed link: the address is verified and the first key gets the trial."""
+    try:
+        verification = user_email_verify(token=token)
+    except EmailVerificationError as exc:
+        return render(
+            request,
+            "registration/verify_email_refused.html",
+            {"reason": exc.message, "expired": exc.expired},
+            status=400,
+        )
+    return render(
+        request,
+        "registration/verify_email_done.html",
+        {"verification": verification, "trial_tokens": settings.TRIAL_TOKENS},
+    )
+
+
+@login_required
+@require_POST
+@posts_limited_per_ip("IP_RATE_LIMIT_PASSWORD_RESET")
+def verify_email_resend(request: HttpRequest) -> HttpResponse:
+    """Mail the signed-in user a fresh verification link."""
+    user = _user(request)
+    if user.email_verified_at is not None:
+        messages.info(request, f"{user.email} is already verified.")
+    else:
+        _send_verification(request, user)
+        messages.success(request, f"We sent a new link to {user.email}.")
+    return redirect("dashboard")
 
 
 # --- The user's dashboard --------------------------------------------------------------------
@@ -163,6 +207,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "by_key": selectors.usage_totals(rows=rows, by="api_key__prefix"),
         "payments": payment_list(user=user)[:10],
         "jobs": sorted(jobs, key=lambda job: job.created_at, reverse=True)[:10],
+        "unverified_trial_tokens": (settings.TRIAL_TOKENS if user.email_verified_at is None else 0),
     }
     return render(request, "web/dashboard.html", context)
 

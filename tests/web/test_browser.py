@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from django.core import mail
 from django.utils import timezone
 
 from billing.models import ApiKey, User
@@ -133,6 +134,16 @@ def test_sign_up_create_a_key_embed_three_texts_and_see_it_on_the_dashboard(
     base = live_server.url
     sign_up(page, base, "ada@example.com")
     shot(page, "dashboard-empty")
+
+    # The trial waits for the e-mail address: the dashboard asks for it, the mailed link grants it.
+    assert "Verify your e-mail" in (page.text_content("#verify-email-banner") or "")
+    link = re.search(r"https?://\S+/accounts/verify/\S+/", mail.outbox[-1].body)
+    assert link is not None and mail.outbox[-1].to == ["ada@example.com"]
+    page.goto(link.group(0))
+    assert "is verified" in (page.text_content("#verify-email-done") or "")
+    shot(page, "email-verified")
+    page.goto(f"{base}/dashboard/")
+    assert page.locator("#verify-email-banner").count() == 0
 
     page.fill("#key-create input[name=name]", "laptop")
     page.click("#key-create button[type=submit]")

@@ -131,10 +131,10 @@ def test_sign_up_refuses_taken_e_mails_mismatched_and_weak_passwords() -> None:
     assert response.status_code == 302 and response["Location"] == "/dashboard/"
     user = User.objects.get(email="new@example.com")
     assert user.check_password(PASSWORD)
-    # Signed in: the dashboard opens; the first key gets the trial tokens.
+    # Signed in: the dashboard opens; the first key waits for the e-mail to be verified.
     assert client.get("/dashboard/").status_code == 200
     client.post("/dashboard/keys", {"name": "first"})
-    assert ApiKey.objects.get(user=user).ledger_entries.filter(kind="trial_grant").count() == 1
+    assert ApiKey.objects.get(user=user).ledger_entries.filter(kind="trial_grant").count() == 0
 
 
 def test_forms_are_limited_per_ip(settings: Any) -> None:
