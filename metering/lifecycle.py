@@ -8,9 +8,9 @@ The order is the guarantee (README, "The request lifecycle"):
 3. **pre-admit**, before anything costly: the balance (the cached key's, read fresh when it
    looks short) must hold the operation's lower bound of tokens (refused here with 403, so a
    refusal for balance takes no rate limit), then
-   one limiter call takes a concurrency slot, the request count and that lower bound of TPM;
+   one limiter call takes a concurrency slot and the request count, if the window has room for that bound of TPM (not taken: the exact count is, at the debit);
 4. count — exactly, with bounded work (tokenize; fetch images under a per-request budget);
-5. debit — the exact tokens: TPM raised from the bound to the exact count, then the balance's
+5. debit — the exact tokens: the limiter takes them (if the minute has room), then the balance's
    conditional update, its ledger entry and a pending usage row in one transaction;
 6. run — under the request's deadline (counted from its arrival), for its tenant;
 7. settle — served, or refunded on any error, an error while settling included; what finishes
@@ -144,6 +144,7 @@ class MeteredWork(Generic[T]):
         self.decision: Decision | None = None
         self.usage: UsageRecord | None = None
         self._slot = uuid.uuid4().hex
+        self._taken = 0  # tokens this request holds in the limiter's window
         self._settled = False
 
     @property
@@ -169,8 +170,11 @@ class MeteredWork(Generic[T]):
         if self.api_key.balance < self.estimate and self._fresh_balance() < self.estimate:
             raise self._insufficient(self.estimate, at_least=True)
         try:
+            # The bound must fit the window but is not taken: the exact count is, at the debit.
+            # (Taking the bound would hold capacity that refused requests give back only later,
+            # and a full minute would then serve fewer requests than its TPM allows.)
             decision = get_limiter().admit(
-                key=self.tenant, limits=self.limits, tokens=self.estimate, slot=self._slot
+                key=self.tenant, limits=self.limits, tokens=0, slot=self._slot, need=self.estimate
             )
         except LimiterUnavailable as exc:
             raise ApiError(
@@ -193,19 +197,18 @@ class MeteredWork(Generic[T]):
         if cost.tokens > self.limits.tpm:
             raise self._over_tpm(cost.tokens, at_least=False)
         decision = self.decision
-        if decision is not None and decision.allowed and cost.tokens != self.estimate:
+        if decision is not None and decision.allowed and cost.tokens != self._taken:
             adjusted = get_limiter().adjust(
                 key=self.tenant,
                 limits=self.limits,
                 slot=self._slot,
-                tokens=self.estimate,
+                tokens=self._taken,
                 to=cost.tokens,
                 backend=decision.backend,
             )
             if not adjusted.allowed:
-                self._forget_tokens()
                 raise self._rate_limited(adjusted, cost.tokens)
-            self.estimate = cost.tokens
+            self._taken = cost.tokens
             self.decision = replace(adjusted, backend=decision.backend)
         try:
             self.usage = usage_admit(
@@ -224,18 +227,18 @@ class MeteredWork(Generic[T]):
     def _forget_tokens(self) -> None:
         """A request refused after pre-admission takes no TPM (its request count stays)."""
         decision = self.decision
-        if decision is None or not decision.allowed or not self.estimate:
+        if decision is None or not decision.allowed or not self._taken:
             return
         try:
             get_limiter().adjust(
                 key=self.tenant,
                 limits=self.limits,
                 slot=self._slot,
-                tokens=self.estimate,
+                tokens=self._taken,
                 to=0,
                 backend=decision.backend,
             )
-            self.estimate = 0
+            self._taken = 0
         except Exception:
             logger.warning("Giving back a refused request's tokens failed", exc_info=True)
 

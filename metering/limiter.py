@@ -62,8 +62,12 @@ class Limiter(ABC):
     """Admission control for one key at a time."""
 
     @abstractmethod
-    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str) -> Decision:
-        """Take one request of `tokens` and a concurrency slot if all three limits allow it."""
+    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str, need: int = 0) -> Decision:
+        """Take one request of `tokens` and a concurrency slot if all three limits allow it.
+
+        `need`: tokens that must fit the window too, without being taken (a lower bound of a
+        request whose exact count comes later, through `adjust`).
+        """
 
     @abstractmethod
     def adjust(
@@ -123,7 +127,7 @@ class LocalLimiter(Limiter):
             **kwargs,
         )
 
-    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str) -> Decision:
+    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str, need: int = 0) -> Decision:
         with self._lock:
             now = time.time()
             state = self._keys.setdefault(key, _KeyWindow())
@@ -134,8 +138,8 @@ class LocalLimiter(Limiter):
                 return self._decision(
                     state, limits, now, allowed=False, reason="requests", retry_after=retry
                 )
-            if state.tokens + tokens > limits.tpm:
-                need, freed, retry = state.tokens + tokens - limits.tpm, 0, self.window
+            if state.tokens + max(tokens, need) > limits.tpm:
+                need, freed, retry = state.tokens + max(tokens, need) - limits.tpm, 0, self.window
                 for stamp, weight, _ in state.requests:
                     freed += weight
                     if freed >= need:
@@ -210,6 +214,7 @@ if #old > 0 then
   if redis.call('DECRBY', KEYS[2], freed) <= 0 then redis.call('DEL', KEYS[2]) end
 end
 local rpm, tpm, conc, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local want = math.max(tokens, tonumber(ARGV[9] or '0'))
 local count = redis.call('ZCARD', KEYS[1])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local inflight = redis.call('ZCARD', KEYS[3])
@@ -224,10 +229,10 @@ if ARGV[8] == 'admit' then
     reason = 'requests'
     local entry = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
     retry = tonumber(entry[2]) + window - now
-  elseif used + tokens > tpm then
+  elseif used + want > tpm then
     reason = 'tokens'
     retry = window
-    local need, freed = used + tokens - tpm, 0
+    local need, freed = used + want - tpm, 0
     local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
     for i = 1, #entries, 2 do
       freed = freed + tonumber(string.match(entries[i], ':(%d+)$'))
@@ -321,7 +326,9 @@ class RedisLimiter(Limiter):
         # One hash tag per key: the three keys live in the same Redis Cluster slot.
         return [f"rl:{{{key}}}:req", f"rl:{{{key}}}:tok", f"rl:{{{key}}}:con"]
 
-    def _run(self, key: str, limits: Limits, tokens: int, slot: str, mode: str) -> Decision:
+    def _run(
+        self, key: str, limits: Limits, tokens: int, slot: str, mode: str, need: int = 0
+    ) -> Decision:
         args = [
             limits.rpm,
             limits.tpm,
@@ -331,6 +338,7 @@ class RedisLimiter(Limiter):
             self.window_us,
             self.lease_us,
             mode,
+            need,
         ]
         return self._decision(limits, self._script(keys=self._keys(key), args=args))
 
@@ -349,8 +357,8 @@ class RedisLimiter(Limiter):
             backend=self.name,
         )
 
-    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str) -> Decision:
-        return self._run(key, limits, tokens, slot, "admit")
+    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str, need: int = 0) -> Decision:
+        return self._run(key, limits, tokens, slot, "admit", need)
 
     def adjust(
         self, *, key: str, limits: Limits, slot: str, tokens: int, to: int, backend: str
@@ -392,24 +400,28 @@ class FailoverLimiter(Limiter):
             logger.warning("Rate limiter: Redis unreachable (%s); mode %r", exc, self.mode)
         self._down_until = time.monotonic() + self.retry_interval
 
-    def _degraded(self, *, key: str, limits: Limits, tokens: int | None, slot: str) -> Decision:
+    def _degraded(
+        self, *, key: str, limits: Limits, tokens: int | None, slot: str, need: int = 0
+    ) -> Decision:
         if self.mode == "closed":
             raise LimiterUnavailable("rate limiter store unreachable")
         if self.mode == "open":
             return Decision(allowed=True, limits=limits, backend="open")
         if tokens is None:
             return self.fallback.peek(key=key, limits=limits)
-        return self.fallback.admit(key=key, limits=limits, tokens=tokens, slot=slot)
+        return self.fallback.admit(key=key, limits=limits, tokens=tokens, slot=slot, need=need)
 
-    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str) -> Decision:
+    def admit(self, *, key: str, limits: Limits, tokens: int, slot: str, need: int = 0) -> Decision:
         import redis
 
         if self._redis_usable():
             try:
-                return self.primary.admit(key=key, limits=limits, tokens=tokens, slot=slot)
+                return self.primary.admit(
+                    key=key, limits=limits, tokens=tokens, slot=slot, need=need
+                )
             except redis.RedisError as exc:
                 self._mark_down(exc)
-        return self._degraded(key=key, limits=limits, tokens=tokens, slot=slot)
+        return self._degraded(key=key, limits=limits, tokens=tokens, slot=slot, need=need)
 
     def adjust(
         self, *, key: str, limits: Limits, slot: str, tokens: int, to: int, backend: str
