@@ -157,6 +157,15 @@ class LimiterContract:
         assert limiter.admit(key=key, limits=limits, tokens=30, slot=slot()).allowed
         assert not limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
 
+    def test_a_needed_bound_must_fit_but_is_not_taken(self, key: str) -> None:
+        limiter = self.make(window=60)
+        limits = Limits(rpm=100, tpm=100, concurrency=100)
+        assert limiter.admit(key=key, limits=limits, tokens=70, slot=slot()).allowed
+        refused = limiter.admit(key=key, limits=limits, tokens=0, slot=slot(), need=31)
+        assert not refused.allowed and refused.reason == "tokens"
+        fits = limiter.admit(key=key, limits=limits, tokens=0, slot=slot(), need=30)
+        assert fits.allowed and fits.tokens_in_window == 70
+
     def test_peek_takes_nothing(self, key: str) -> None:
         limiter = self.make(window=60)
         limits = Limits(rpm=2, tpm=100, concurrency=1)
