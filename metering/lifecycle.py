@@ -7,7 +7,7 @@ The order is the guarantee (README, "The request lifecycle"):
    once when that model's queue in this process is full;
 3. **pre-admit**, before anything costly: the balance (the cached key's, read fresh when it
    looks short) must hold the operation's lower bound of tokens (refused here with 403, so a
-   refusal takes no rate limit), then one limiter call takes a concurrency slot and the
+   refusal for balance takes no rate limit), then one limiter call takes a slot and the
    request count, if the window has room for that bound of TPM (not taken: the exact count
    is, at the debit);
 4. count — exactly, with bounded work (tokenize; fetch images under a per-request budget);
