@@ -127,6 +127,18 @@ class LocalLimiter(Limiter):
             **kwargs,
         )
 
+    def _tokens_refused(
+        self, state: _KeyWindow, limits: Limits, now: float, *, over: int
+    ) -> Decision:
+        """A TPM refusal: retry when enough of the window's oldest tokens leave to free `over`."""
+        freed, retry = 0, self.window
+        for stamp, weight, _ in state.requests:
+            freed += weight
+            if freed >= over:
+                retry = stamp + self.window - now
+                break
+        return self._decision(state, limits, now, allowed=False, reason="tokens", retry_after=retry)
+
     def admit(self, *, key: str, limits: Limits, tokens: int, slot: str, need: int = 0) -> Decision:
         with self._lock:
             now = time.time()
@@ -139,14 +151,8 @@ class LocalLimiter(Limiter):
                     state, limits, now, allowed=False, reason="requests", retry_after=retry
                 )
             if state.tokens + max(tokens, need) > limits.tpm:
-                need, freed, retry = state.tokens + max(tokens, need) - limits.tpm, 0, self.window
-                for stamp, weight, _ in state.requests:
-                    freed += weight
-                    if freed >= need:
-                        retry = stamp + self.window - now
-                        break
-                return self._decision(
-                    state, limits, now, allowed=False, reason="tokens", retry_after=retry
+                return self._tokens_refused(
+                    state, limits, now, over=state.tokens + max(tokens, need) - limits.tpm
                 )
             if len(state.slots) + 1 > limits.concurrency:
                 return self._decision(
@@ -170,14 +176,8 @@ class LocalLimiter(Limiter):
             stamp, current, _ = state.requests[position]
             delta = to - current
             if delta > 0 and state.tokens + delta > limits.tpm:
-                need, freed, retry = state.tokens + delta - limits.tpm, 0, self.window
-                for entry_stamp, weight, _ in state.requests:
-                    freed += weight
-                    if freed >= need:
-                        retry = entry_stamp + self.window - now
-                        break
-                return self._decision(
-                    state, limits, now, allowed=False, reason="tokens", retry_after=retry
+                return self._tokens_refused(
+                    state, limits, now, over=state.tokens + delta - limits.tpm
                 )
             state.requests[position] = (stamp, to, slot)
             state.tokens += delta
