@@ -42,6 +42,9 @@ class User(AbstractUser):
     card_label = models.CharField(max_length=100, blank=True)
     # Set when the owner followed the signed link mailed at sign-up; the trial waits for it.
     email_verified_at = models.DateTimeField(null=True, blank=True)
+    # The owner of a playground visitor's trial key: no password, no sign-in, not a user that
+    # staff's counts include.
+    is_visitor = models.BooleanField(default=False)
 
     USERNAME_FIELD = "email"
     REQUIRED_FIELDS = []
@@ -296,3 +299,23 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.id} ({self.status})"
+
+
+class VisitorTrialCount(models.Model):
+    """How many visitor trial keys one address or network took on one (UTC) day.
+
+    `scope` is "ip:<address>" or "net:<network>" (/24 for IPv4, /56 for IPv6). A conditional
+    increment of this row is the cap, exact across gateways; rows of past days are dropped.
+    """
+
+    scope = models.CharField(max_length=64)
+    day = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["scope", "day"], name="visitor_trial_count_scope_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} on {self.day}: {self.count}"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
+from django.contrib.auth.hashers import make_password
 from django.core.mail import send_mail
 from django.core.signing import BadSignature, SignatureExpired, TimestampSigner
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from billing.models import ApiKey, LedgerEntry, Tier, User
+from billing.models import ApiKey, LedgerEntry, Tier, User, VisitorTrialCount
 from metering.keys import key_digest, key_display_prefix, key_generate
 from metering.ledger import balance_credit
 from metering.selectors import api_key_cache_clear
@@ -29,11 +32,33 @@ def user_get_or_create(*, email: str) -> tuple[User, bool]:
     return User.objects.create_user(email=email, email_verified_at=timezone.now()), True
 
 
-@transaction.atomic
-def user_sign_up(*, email: str, password: str) -> User:
-    """A new account with a password (the sign-up form validated both)."""
+def user_sign_up(*, email: str, password: str) -> User | None:
+    """A new account with a password (the sign-up form validated both), or None when the
+    address already has one. Both take about as long (a password hash each), so neither the
+    answer nor its timing tells a stranger which addresses have accounts."""
     email = User.objects.normalize_email(email).lower()
-    return User.objects.create_user(email=email, password=password)
+    if User.objects.filter(email__iexact=email).exists():
+        make_password(password)
+        return None
+    try:
+        with transaction.atomic():
+            return User.objects.create_user(email=email, password=password)
+    except IntegrityError:  # the same address signed up twice at once
+        return None
+
+
+def user_sign_up_repeated_send(*, email: str, login_url: str, reset_url: str) -> None:
+    """Tell the owner of an address that already has an account that someone signed up with it
+    (the only place the answer "this address has an account" goes: to the address itself)."""
+    send_mail(
+        subject="You already have an account",
+        message=render_to_string(
+            "registration/signup_repeated_email.txt",
+            {"email": email, "login_url": login_url, "reset_url": reset_url},
+        ),
+        from_email=None,
+        recipient_list=[email],
+    )
 
 
 # How long a link mailed at sign-up (or resent) verifies the address.
@@ -127,12 +152,50 @@ def user_suspend(*, user: User, suspended: bool = True) -> User:
     return user
 
 
+class VisitorTrialsExhausted(Exception):
+    """This address or its network has had its visitor trial keys for today."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("visitor trials exhausted")
+        self.retry_after = retry_after
+
+
+def visitor_trial_scopes(client_ip: str) -> list[tuple[str, int]]:
+    """What one visitor trial counts against, with each cap: the address, and its /24 (IPv4)
+    or /56 (IPv6), since one person easily holds many addresses of one network."""
+    address = ipaddress.ip_address(client_ip)
+    prefix = 24 if address.version == 4 else 56
+    network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+    return [
+        (f"ip:{address}", settings.VISITOR_TRIALS_PER_IP_PER_DAY),
+        (f"net:{network}", settings.VISITOR_TRIALS_PER_NETWORK_PER_DAY),
+    ]
+
+
 @transaction.atomic
-def visitor_trial_key_create() -> tuple[ApiKey, str]:
+def visitor_trial_key_create(*, client_ip: str) -> tuple[ApiKey, str]:
     """A key for a playground visitor without an account: an owner of its own that cannot log
-    in, and VISITOR_TRIAL_TOKENS to try the API with."""
+    in and is no user, and VISITOR_TRIAL_TOKENS to try the API with.
+
+    At most VISITOR_TRIALS_PER_IP_PER_DAY per address and VISITOR_TRIALS_PER_NETWORK_PER_DAY
+    per network, per UTC day; else VisitorTrialsExhausted (nothing is taken from either count).
+    """
+    now = timezone.now()
+    today = now.date()
+    VisitorTrialCount.objects.filter(day__lt=today - timedelta(days=1)).delete()
+    for scope, cap in visitor_trial_scopes(client_ip):
+        VisitorTrialCount.objects.bulk_create(
+            [VisitorTrialCount(scope=scope, day=today)], ignore_conflicts=True
+        )
+        # One conditional UPDATE per scope: concurrent gateways cannot both take the last one.
+        taken = VisitorTrialCount.objects.filter(scope=scope, day=today, count__lt=cap).update(
+            count=F("count") + 1
+        )
+        if not taken:
+            midnight = datetime.combine(today + timedelta(days=1), time.min, tzinfo=UTC)
+            raise VisitorTrialsExhausted(retry_after=max(1, int((midnight - now).total_seconds())))
     owner = User.objects.create_user(
-        email=f"visitor-{key_generate()[-16:].lower()}@visitors.invalid"
+        email=f"visitor-{key_generate()[-16:].lower()}@visitors.invalid", is_visitor=True
     )
     return api_key_create(user=owner, name="playground trial", tokens=settings.VISITOR_TRIAL_TOKENS)
 

@@ -317,6 +317,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 TRIAL_TOKENS = env_int("TRIAL_TOKENS", 10_000_000)
 # A playground visitor without an account gets a key with this many tokens (0: none).
 VISITOR_TRIAL_TOKENS = env_int("VISITOR_TRIAL_TOKENS", 100_000)
+# Visitor trial keys per UTC day, per client address and per its network (/24 for IPv4, /56
+# for IPv6), counted in the database: exact across gateways, unlike the hourly per-IP limit.
+VISITOR_TRIALS_PER_IP_PER_DAY = env_int("VISITOR_TRIALS_PER_IP_PER_DAY", 3)
+VISITOR_TRIALS_PER_NETWORK_PER_DAY = env_int("VISITOR_TRIALS_PER_NETWORK_PER_DAY", 10)
 # Default tiers as in the seeds; override with a JSON object in RATE_LIMIT_TIERS.
 RATE_LIMIT_TIERS: dict[str, dict[str, int]] = {
     "standard": {"rpm": 500, "tpm": 1_000_000, "concurrency": 10},

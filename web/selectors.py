@@ -94,7 +94,8 @@ def key_activity() -> dict[str, int]:
         "active": keys.filter(revoked_at__isnull=True, user__is_active=True).count(),
         "used_24h": keys.filter(last_used_at__gte=now - timedelta(days=1)).count(),
         "used_30d": keys.filter(last_used_at__gte=now - timedelta(days=30)).count(),
-        "users": User.objects.filter(is_active=True).count(),
+        "users": User.objects.filter(is_active=True, is_visitor=False).count(),
+        "visitor_keys": keys.filter(user__is_visitor=True).count(),
     }
 
 

@@ -26,6 +26,7 @@ from billing.payments import auto_recharge_get, payment_list
 from billing.selectors import api_key_list, ledger_entries
 from billing.services import (
     EmailVerificationError,
+    VisitorTrialsExhausted,
     api_key_create,
     api_key_grant,
     api_key_revoke,
@@ -34,10 +35,11 @@ from billing.services import (
     user_email_verification_token,
     user_email_verify,
     user_sign_up,
+    user_sign_up_repeated_send,
     user_suspend,
     visitor_trial_key_create,
 )
-from embeddings_site.ip_limits import posts_limited_per_ip
+from embeddings_site.ip_limits import client_ip, posts_limited_per_ip
 from inference.selectors import embedding_model_list
 from metering.lifecycle import limits_for
 from web import selectors
@@ -106,7 +108,21 @@ def trial_key(request: HttpRequest) -> JsonResponse:
     if request.user.is_authenticated:
         api_key, plaintext = api_key_create(user=_user(request), name="playground")
     elif settings.VISITOR_TRIAL_TOKENS > 0:
-        api_key, plaintext = visitor_trial_key_create()
+        try:
+            api_key, plaintext = visitor_trial_key_create(client_ip=client_ip(request))
+        except VisitorTrialsExhausted as exc:
+            response = JsonResponse(
+                {
+                    "error": {
+                        "code": "RATE_TRIAL_QUOTA_EXCEEDED",
+                        "message": "This network has had its free trial keys for today. "
+                        "Sign up for an account to get more tokens.",
+                    }
+                },
+                status=429,
+            )
+            response["Retry-After"] = str(exc.retry_after)
+            return response
     else:
         return JsonResponse({"error": {"message": "Sign up to get a key."}}, status=403)
     return JsonResponse({"key": plaintext, "prefix": api_key.prefix, "balance": api_key.balance})
@@ -115,20 +131,46 @@ def trial_key(request: HttpRequest) -> JsonResponse:
 # --- Accounts --------------------------------------------------------------------------------
 
 
+# The address the browser signed up with: its verification link signs this browser in.
+_SIGNUP_EMAIL = "signup_email"
+
+
 @require_http_methods(["GET", "POST"])
 @posts_limited_per_ip("IP_RATE_LIMIT_SIGNUP")
 def sign_up(request: HttpRequest) -> HttpResponse:
-    """Create an account, mail the link that verifies its address, and log in."""
+    """Create an account and mail the link that verifies its address.
+
+    An address that already has an account gets a mail saying so instead; the page that follows
+    is the same either way, so sign-up does not tell a stranger who has an account.
+    """
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = user_sign_up(
-            email=form.cleaned_data["email"], password=form.cleaned_data["password1"]
-        )
-        _send_verification(request, user)
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, f"Welcome! We sent a link to {user.email} to verify it.")
-        return redirect("dashboard")
+        email, password = form.cleaned_data["email"], form.cleaned_data["password1"]
+        user = user_sign_up(email=email, password=password)
+        if user is None:
+            user_sign_up_repeated_send(
+                email=email,
+                login_url=request.build_absolute_uri(reverse("login")),
+                reset_url=request.build_absolute_uri(reverse("password_reset")),
+            )
+        else:
+            _send_verification(request, user)
+        request.session[_SIGNUP_EMAIL] = email
+        return redirect("signup-sent")
     return render(request, "registration/signup.html", {"form": form})
+
+
+@require_GET
+def sign_up_sent(request: HttpRequest) -> HttpResponse:
+    """After sign-up: where the link went."""
+    email = request.session.get(_SIGNUP_EMAIL)
+    if not email:
+        return redirect("signup")
+    return render(
+        request,
+        "registration/signup_sent.html",
+        {"email": email, "trial_tokens": settings.TRIAL_TOKENS},
+    )
 
 
 def _send_verification(request: HttpRequest, user: User) -> None:
@@ -149,6 +191,16 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
             {"reason": exc.message, "expired": exc.expired},
             status=400,
         )
+    # The browser that signed up is signed in by its own link, once: the first time it verifies.
+    user = verification.user
+    if (
+        verification.newly_verified
+        and not request.user.is_authenticated
+        and request.session.get(_SIGNUP_EMAIL) == user.email
+        and user.is_active
+    ):
+        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    request.session.pop(_SIGNUP_EMAIL, None)
     return render(
         request,
         "registration/verify_email_done.html",
