@@ -100,3 +100,29 @@ def test_a_plaintext_left_in_a_session_by_the_old_flow_is_dropped_unread() -> No
 
         assert leaked not in response.content.decode()
         assert not any(leaked in row for row in decoded_sessions())
+
+
+def test_the_migration_clears_plaintexts_from_sessions_nobody_visits_again() -> None:
+    """Rows from before the fix: the next migrate drops the entry, or the row where unreadable."""
+    from django.apps import apps
+
+    migration = import_module("billing.migrations.0006_forget_plaintext_keys_in_sessions")
+    leaked = "jina_" + "1" * 40
+    user = UserFactory()
+    kept = Client()
+    kept.force_login(user)
+    session = kept.session
+    session["new_key"] = {"key": leaked, "prefix": leaked[:12], "name": "old"}
+    session.save()
+    # A row signed with a secret this server no longer has: unusable, and it may hold a key too.
+    Session.objects.create(
+        session_key="x" * 32,
+        session_data=leaked,
+        expire_date=Session.objects.get().expire_date,
+    )
+
+    migration.forget_plaintext_keys(apps, None)
+
+    assert not any(leaked in row for row in decoded_sessions())
+    assert Session.objects.count() == 1
+    assert kept.get("/dashboard/").status_code == 200  # still signed in
