@@ -16,12 +16,8 @@ class SignUpForm(forms.Form):
     password2 = forms.CharField(label="Password again", strip=False, widget=forms.PasswordInput)
 
     def clean_email(self) -> str:
-        email = User.objects.normalize_email(self.cleaned_data["email"]).lower()
-        if User.objects.filter(email__iexact=email).exists():
-            raise forms.ValidationError(
-                "An account with this e-mail already exists. Log in instead."
-            )
-        return email
+        # Whether the address has an account is not said here: see web.views.sign_up.
+        return User.objects.normalize_email(self.cleaned_data["email"]).lower()
 
     def clean(self) -> dict[str, object]:
         data = super().clean() or {}

@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.playground, name="playground"),
     path("playground/key", views.trial_key, name="playground-key"),
     path("accounts/signup/", views.sign_up, name="signup"),
+    path("accounts/signup/sent/", views.sign_up_sent, name="signup-sent"),
     path("accounts/verify/<str:token>/", views.verify_email, name="verify-email"),
     path("accounts/verify/", views.verify_email_resend, name="verify-email-resend"),
     path(

@@ -25,6 +25,10 @@ def sign_up(email: str, address: str = "198.51.100.1") -> Client:
         "/accounts/signup/", {"email": email, "password1": PASSWORD, "password2": PASSWORD}
     )
     assert response.status_code == 302, response.content.decode()
+    assert response["Location"] == "/accounts/signup/sent/"
+    # Sign-up signs nobody in (an address with an account would answer differently); the
+    # password does.
+    assert client.login(username=email, password=PASSWORD)
     return client
 
 
