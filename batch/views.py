@@ -10,17 +10,22 @@ from typing import Any
 from django.http import StreamingHttpResponse
 from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_serializer, extend_schema_view
+from drf_spectacular.utils import (
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+    extend_schema_view,
+)
 from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from batch.formats import jina_batch_status, openai_batch, openai_file, openai_result_file
-from batch.lines import batch_lines_from_list
+from batch.lines import EMBEDDINGS_ENDPOINT, MAX_CUSTOM_ID_LENGTH, batch_lines_from_list
 from batch.models import BatchFile, BatchJob
 from batch.selectors import (
     batch_file_get,
@@ -32,6 +37,7 @@ from batch.selectors import (
     batch_result_stream,
 )
 from batch.services import (
+    COMPLETION_WINDOW,
     batch_file_create,
     batch_file_delete,
     batch_job_cancel,
@@ -41,8 +47,17 @@ from batch.services import (
 from billing.models import ApiKey
 from embeddings_site.api_schema import ERRORS, ErrorResponse
 from embeddings_site.errors import ApiError, ErrorCode
-from inference.protocol import EmbeddingTypeField, StrictBooleanField, StrictPositiveIntegerField
+from inference.protocol import (
+    EmbeddingTypeField,
+    StrictBooleanField,
+    StrictCharField,
+    StrictPositiveIntegerField,
+)
 from metering.authentication import ApiKeyAuthentication
+
+# Besides the API's own: a job or file that is not the key's (404), a job in the wrong state for
+# what was asked (409: cancel a finished one, fetch a running one's output), expired outputs (410).
+BATCH_ERRORS = {**ERRORS, 404: ErrorResponse, 409: ErrorResponse, 410: ErrorResponse}
 
 MAX_PAGE = 100
 DEFAULT_PAGE = 20
@@ -120,19 +135,43 @@ def _result_response(job: BatchJob, kind: str) -> StreamingHttpResponse:
 # --- Jina format ------------------------------------------------------------------------------
 
 
+_BATCH_LINE_SCHEMA = {
+    "type": "object",
+    "required": ["custom_id", "body"],
+    "properties": {
+        "custom_id": {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOM_ID_LENGTH},
+        "body": {"type": "object", "description": "An embeddings request."},
+        "method": {"type": "string", "enum": ["POST"]},
+        "url": {"type": "string", "enum": [EMBEDDINGS_ENDPOINT]},
+    },
+}
+
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "minItems": 1,
+        "items": _BATCH_LINE_SCHEMA,
+        "description": "The request lines; each line's custom_id must be its own.",
+    }
+)
+class BatchLinesField(serializers.ListField):
+    """Inline request lines (checked, with each line's position, by batch.lines)."""
+
+    child = serializers.JSONField()
+
+
 class BatchEmbeddingCreateApi(BatchApiView):
     """POST /v1/batch/embeddings — Jina's BatchEmbeddingRequest (inline lines or input_url)."""
 
     @extend_schema_serializer(component_name="JinaBatchRequest")
     class InputSerializer(serializers.Serializer):
-        input = serializers.ListField(
-            child=serializers.JSONField(), required=False, allow_null=True
+        input = BatchLinesField(required=False)
+        input_url = serializers.URLField(
+            required=False, max_length=2000, help_text="An http(s) URL of a JSONL file of lines."
         )
-        input_url = serializers.CharField(
-            required=False, allow_null=True, allow_blank=True, max_length=2000
-        )
-        model = serializers.CharField(required=False, allow_null=True, max_length=200)
-        task = serializers.CharField(required=False, allow_null=True, max_length=100)
+        model = StrictCharField(required=False, allow_null=True, max_length=200)
+        task = StrictCharField(required=False, allow_null=True, max_length=100)
         dimensions = StrictPositiveIntegerField(required=False, allow_null=True)
         normalized = StrictBooleanField(required=False, allow_null=True)
         embedding_type = EmbeddingTypeField(required=False, allow_null=True)
@@ -140,12 +179,30 @@ class BatchEmbeddingCreateApi(BatchApiView):
         encoding_format = EmbeddingTypeField(required=False, allow_null=True)
         truncate = StrictBooleanField(required=False, allow_null=True)
         late_chunking = StrictBooleanField(required=False, allow_null=True)
-        webhook_url = serializers.CharField(
-            required=False, allow_null=True, allow_blank=True, max_length=2000
+        # Taken as sent (StrictCharField): a secret with its spaces trimmed would sign with
+        # another secret.
+        webhook_url = StrictCharField(
+            required=False,
+            allow_null=True,
+            allow_blank=True,
+            max_length=2000,
         )
-        webhook_secret = serializers.CharField(
-            required=False, allow_null=True, allow_blank=True, min_length=16, max_length=100
+        webhook_secret = StrictCharField(
+            required=False,
+            allow_null=True,
+            allow_blank=True,
+            min_length=16,
+            max_length=100,
         )
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if ("input" in attrs) == ("input_url" in attrs):
+                raise ApiError(
+                    ErrorCode.INPUT_VALIDATION_ERROR,
+                    "Give either input (the lines inline) or input_url (a JSONL file), not both.",
+                    param="input",
+                )
+            return attrs
 
     OPTION_FIELDS = (
         "task",
@@ -162,19 +219,13 @@ class BatchEmbeddingCreateApi(BatchApiView):
         operation_id="batch_embeddings_create",
         summary="Create a batch job (Jina format)",
         request=InputSerializer,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         lines, input_url = data.get("input"), data.get("input_url") or ""
-        if (lines is None) == (not input_url):
-            raise ApiError(
-                ErrorCode.INPUT_VALIDATION_ERROR,
-                "Give either input (the lines inline) or input_url (a JSONL file), not both.",
-                param="input",
-            )
         options = {name: data[name] for name in self.OPTION_FIELDS if data.get(name) is not None}
         job = batch_job_create_jina(
             api_key=self.api_key,
@@ -194,7 +245,7 @@ class BatchJobApi(BatchApiView):
     @extend_schema(
         operation_id="batch_retrieve",
         summary="A batch job (Jina BatchStatus)",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def get(self, request: Request, batch_id: str) -> Response:
         job = self.job_or_404(batch_id)
@@ -203,7 +254,7 @@ class BatchJobApi(BatchApiView):
     @extend_schema(
         operation_id="batch_cancel",
         summary="Cancel a batch job (Jina format)",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def delete(self, request: Request, batch_id: str) -> Response:
         job = batch_job_cancel(job=self.job_or_404(batch_id))
@@ -218,7 +269,7 @@ class BatchResultApi(BatchApiView):
     @extend_schema(
         operation_id="batch_results",
         summary="Output or errors of a batch job, as JSONL",
-        responses={(200, "application/jsonl"): OpenApiTypes.STR, 404: ErrorResponse},
+        responses={(200, "application/jsonl"): OpenApiTypes.STR, **BATCH_ERRORS},
     )
     def get(self, request: Request, batch_id: str) -> StreamingHttpResponse:
         return _result_response(self.job_or_404(batch_id), self.kind)
@@ -246,11 +297,11 @@ class BatchesApi(BatchApiView):
 
     @extend_schema_serializer(component_name="OpenAIBatchRequest")
     class InputSerializer(serializers.Serializer):
-        input_file_id = serializers.CharField(max_length=100)
-        endpoint = serializers.CharField(max_length=100)
-        completion_window = serializers.CharField(max_length=20)
+        input_file_id = StrictCharField(max_length=100)
+        endpoint = serializers.ChoiceField(choices=[EMBEDDINGS_ENDPOINT])
+        completion_window = serializers.ChoiceField(choices=[COMPLETION_WINDOW])
         metadata = serializers.DictField(
-            child=serializers.CharField(max_length=512, allow_blank=True),
+            child=StrictCharField(max_length=512, allow_blank=True),
             required=False,
             allow_null=True,
         )
@@ -263,7 +314,7 @@ class BatchesApi(BatchApiView):
     @extend_schema(
         operation_id="batches_list",
         summary="List batch jobs (OpenAI list; ?shape=jina for BatchStatus)",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = _page(request)
@@ -289,7 +340,7 @@ class BatchesApi(BatchApiView):
         operation_id="batches_create",
         summary="Create a batch (OpenAI format)",
         request=InputSerializer,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -311,7 +362,7 @@ class BatchDetailApi(BatchApiView):
     @extend_schema(
         operation_id="batches_retrieve",
         summary="A batch (OpenAI Batch object)",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def get(self, request: Request, batch_id: str) -> Response:
         return Response(openai_batch(self.job_or_404(batch_id), base_url=self.base_url()))
@@ -324,7 +375,7 @@ class BatchCancelApi(BatchApiView):
         operation_id="batches_cancel",
         summary="Cancel a batch (OpenAI format)",
         request=None,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def post(self, request: Request, batch_id: str) -> Response:
         job = batch_job_cancel(job=self.job_or_404(batch_id))
@@ -334,25 +385,25 @@ class BatchCancelApi(BatchApiView):
 class FilesApi(BatchApiView):
     """POST /v1/files — upload a JSONL batch file (multipart); GET — the key's uploads."""
 
-    parser_classes = [MultiPartParser, FormParser]
+    # multipart only: a file cannot be sent as a url-encoded form
+    parser_classes = [MultiPartParser]
 
     @extend_schema_serializer(component_name="FileUploadRequest")
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField(allow_empty_file=True)
-        purpose = serializers.CharField(max_length=50)
-
-        def validate_purpose(self, value: str) -> str:
-            if value != "batch":
-                raise serializers.ValidationError(
-                    f"This server keeps files for batch jobs only; purpose must be 'batch', not {value[:50]!r}."
-                )
-            return value
+        purpose = serializers.ChoiceField(
+            choices=["batch"],
+            error_messages={
+                "invalid_choice": "This server keeps files for batch jobs only; purpose must "
+                "be 'batch', not {input!r}."
+            },
+        )
 
     @extend_schema(
         operation_id="files_create",
         summary="Upload a JSONL batch input file (OpenAI format)",
         request=InputSerializer,
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -366,7 +417,7 @@ class FilesApi(BatchApiView):
     @extend_schema(
         operation_id="files_list",
         summary="List files",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = _page(request)
@@ -393,7 +444,7 @@ class FileDetailApi(BatchApiView):
     @extend_schema(
         operation_id="files_retrieve",
         summary="A file",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def get(self, request: Request, file_id: str) -> Response:
         result = batch_result_file_get(api_key=self.api_key, file_id=file_id)
@@ -406,7 +457,7 @@ class FileDetailApi(BatchApiView):
     @extend_schema(
         operation_id="files_delete",
         summary="Delete a file",
-        responses={200: OpenApiTypes.OBJECT, **ERRORS, 404: ErrorResponse},
+        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
     )
     def delete(self, request: Request, file_id: str) -> Response:
         file = self._upload_or_404(file_id)
@@ -428,7 +479,7 @@ class FileContentApi(BatchApiView):
     @extend_schema(
         operation_id="files_content",
         summary="A file's content (JSONL)",
-        responses={(200, "application/jsonl"): OpenApiTypes.STR, 404: ErrorResponse},
+        responses={(200, "application/jsonl"): OpenApiTypes.STR, **BATCH_ERRORS},
     )
     def get(self, request: Request, file_id: str) -> Any:
         result = batch_result_file_get(api_key=self.api_key, file_id=file_id)

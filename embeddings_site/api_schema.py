@@ -27,35 +27,62 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-c
         return {"type": "http", "scheme": "bearer", "description": "Your API key: `jina_…`."}
 
 
-# A text, a TextDoc/ImageDoc object, token ids, or a list mixing them (see the Jina spec).
-INPUT_SCHEMA: dict[str, Any] = {
-    "oneOf": [
-        {"type": "string"},
-        {"type": "array", "items": {"type": "integer"}},
-        {
-            "type": "array",
-            "maxItems": 2048,
-            "items": {
-                "oneOf": [
-                    {"type": "string"},
-                    {"type": "object", "properties": {"text": {"type": "string"}}},
-                    {"type": "object", "properties": {"image": {"type": "string"}}},
-                    {"type": "array", "items": {"type": "integer"}},
-                ]
-            },
-        },
-        {"type": "object", "properties": {"text": {"type": "string"}}},
-        {"type": "object", "properties": {"image": {"type": "string"}}},
-    ],
-    "description": 'Texts, images ({"image": URL | base64}) or token ids; at most 2048 items.',
+# Some text: a character that is not whitespace, a control or a format character (NUL,
+# zero-width space, ...) of the Basic Multilingual Plane. Tokenizers drop all of those, so a
+# text of nothing else would be embedded, and charged, as special tokens alone. The server
+# checks inputs with this same pattern (inference.protocol), so the schema and the API cannot
+# disagree on what is blank. (ECMA 262 patterns cannot name astral characters in a class, so
+# the few astral format characters count as text.)
+NON_BLANK_PATTERN = (
+    r"[^\u0000-\u0020\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891"
+    r"\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ufeff"
+    r"\ufff9-\ufffb]"
+)
+MAX_INPUTS = 2048  # settings.EMBEDDINGS_MAX_INPUTS's default; a smaller setting answers 400
+
+_TEXT: dict[str, Any] = {"type": "string", "pattern": NON_BLANK_PATTERN}
+_TOKEN_IDS: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "integer", "minimum": 0},
+    "description": "Token ids in the model's vocabulary.",
 }
-EMBEDDING_TYPE_SCHEMA: dict[str, Any] = {
-    "oneOf": [
-        {"type": "string", "enum": ["float", "base64", "binary", "ubinary"]},
+_TEXT_DOC: dict[str, Any] = {
+    "type": "object",
+    "required": ["text"],
+    "properties": {"text": _TEXT},
+}
+_IMAGE_DOC: dict[str, Any] = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {"image": {"type": "string", "minLength": 1}},
+    "description": "An image: an http(s) URL, base64 bytes or a data URI.",
+}
+# A text, a TextDoc/ImageDoc object, token ids, or a list mixing them (see the Jina spec).
+# anyOf, not oneOf: an object with both `text` and `image` is valid (the text is used).
+INPUT_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        _TEXT,
+        _TOKEN_IDS,
         {
             "type": "array",
-            "items": {"type": "string", "enum": ["float", "base64", "binary", "ubinary"]},
+            "minItems": 1,
+            "maxItems": MAX_INPUTS,
+            "items": {"anyOf": [_TEXT, _TEXT_DOC, _IMAGE_DOC, _TOKEN_IDS]},
         },
+        _TEXT_DOC,
+        _IMAGE_DOC,
+    ],
+    "description": (
+        'Texts, images ({"image": URL | base64}) or token ids; at most 2048 items. '
+        "A text must have a character other than whitespace or control characters."
+    ),
+}
+_EMBEDDING_TYPES = ["float", "base64", "binary", "ubinary"]
+EMBEDDING_TYPE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "enum": _EMBEDDING_TYPES},
+        {"type": "array", "minItems": 1, "items": {"type": "string", "enum": _EMBEDDING_TYPES}},
     ],
     "default": "float",
 }
@@ -151,7 +178,26 @@ EMBEDDING_EXAMPLES = [
 ]
 
 
+# What a serializer cannot say about its fields together, added to its component.
+COMPONENT_CONSTRAINTS: dict[str, dict[str, Any]] = {
+    # Jina's batch: the lines inline or a file's URL, exactly one of them.
+    "JinaBatchRequest": {"oneOf": [{"required": ["input"]}, {"required": ["input_url"]}]},
+}
+
+
 def without_trailing_slash(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """Postprocessing hook: /v1 routes take an optional slash; document them without it."""
+    """Postprocessing hook: /v1 routes take an optional slash; document them without it. Adds
+    COMPONENT_CONSTRAINTS."""
     result["paths"] = {path.rstrip("/"): item for path, item in result.get("paths", {}).items()}
+    # A body whose fields are each optional is still required (`{}` at least): drf-spectacular
+    # marks it optional, which would make "no body at all" valid.
+    for item in result["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation["requestBody"]["required"] = True
+    schemas = result.get("components", {}).get("schemas", {})
+    for name, constraint in COMPONENT_CONSTRAINTS.items():
+        for component in (name, f"{name}Request"):  # drf-spectacular's request components
+            if component in schemas:
+                schemas[component].update(constraint)
     return result

@@ -8,7 +8,7 @@ Unknown keys are ignored, so newer clients keep working; known keys must have th
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from embeddings_site.api_schema import EMBEDDING_TYPE_SCHEMA, INPUT_SCHEMA
+from embeddings_site.api_schema import EMBEDDING_TYPE_SCHEMA, INPUT_SCHEMA, NON_BLANK_PATTERN
 from embeddings_site.errors import ErrorCode
 from inference.encodings import EMBEDDING_TYPES
 
@@ -75,7 +75,23 @@ class StrictBooleanField(serializers.Field):
         return value
 
 
-@extend_schema_field(OpenApiTypes.INT)
+class StrictCharField(serializers.CharField):
+    """A JSON string, taken as sent: DRF's CharField would turn 0 or true into text and trim
+    spaces, so that "\n" would pass for blank and the schema's lengths would not hold."""
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field({"type": "integer", "minimum": 1})
 class StrictPositiveIntegerField(serializers.Field):
     default_error_messages = {"invalid": "Must be a positive integer."}
 
@@ -112,13 +128,13 @@ class EmbeddingTypeField(serializers.Field):
         return value
 
 
-def _is_blank(text: str) -> bool:
-    """Nothing but whitespace and control or format characters (NUL, zero-width space...).
+_NON_BLANK = re.compile(NON_BLANK_PATTERN)
 
-    Tokenizers drop all of these, so such a text would be embedded, and charged, as its
-    special tokens alone.
-    """
-    return all(char.isspace() or unicodedata.category(char) in ("Cc", "Cf") for char in text)
+
+def _is_blank(text: str) -> bool:
+    """Nothing but whitespace and control or format characters (NUL, zero-width space...):
+    the schema's own pattern, so what it calls blank is what is refused."""
+    return _NON_BLANK.search(text) is None
 
 
 def _input_item(item: Any, index: int) -> EmbeddingInput:
@@ -195,8 +211,8 @@ class EmbeddingRequestSerializer(serializers.Serializer):
     """The body of POST /v1/embeddings in either wire format."""
 
     input = EmbeddingInputField()
-    model = serializers.CharField(required=False, allow_null=True, max_length=200)
-    task = serializers.CharField(required=False, allow_null=True, max_length=100)
+    model = StrictCharField(required=False, allow_null=True, max_length=200)
+    task = StrictCharField(required=False, allow_null=True, max_length=100)
     dimensions = StrictPositiveIntegerField(required=False, allow_null=True)
     normalized = StrictBooleanField(required=False, allow_null=True)
     embedding_type = EmbeddingTypeField(required=False, allow_null=True)
@@ -204,7 +220,7 @@ class EmbeddingRequestSerializer(serializers.Serializer):
     encoding_format = EmbeddingTypeField(required=False, allow_null=True)  # OpenAI
     truncate = StrictBooleanField(required=False, allow_null=True)
     late_chunking = StrictBooleanField(required=False, allow_null=True)
-    user = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=500)
+    user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=500)
 
     def to_request(self) -> EmbeddingRequest:
         data = self.validated_data

@@ -109,7 +109,11 @@ class ModelListApi(APIView):
 
     OutputSerializer = ModelOutputSerializer
 
-    @extend_schema(operation_id="models_list", summary="List models", responses={200: ModelList})
+    @extend_schema(
+        operation_id="models_list",
+        summary="List models",
+        responses={200: ModelList, 429: ErrorResponse},
+    )
     def get(self, request: Request) -> Response:
         models = self.OutputSerializer(embedding_model_list(), many=True).data
         return Response({"object": "list", "data": models})
@@ -125,7 +129,7 @@ class ModelDetailApi(APIView):
         operation_id="models_retrieve",
         summary="Retrieve a model",
         description="By name or Hugging Face id.",
-        responses={200: Model, 404: ErrorResponse},
+        responses={200: Model, 404: ErrorResponse, 429: ErrorResponse},
     )
     def get(self, request: Request, model_id: str) -> Response:
         model = embedding_model_get(name=model_id)
