@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "inference",
     "web",
     "batch",
+    "classifiers",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,1 @@
+"""Few-shot classifiers trained by a key's owner over a model's embeddings."""

@@ -1,0 +1,5 @@
+"""/v1/tokenize."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
