@@ -180,9 +180,10 @@ class UsageRecord(models.Model):
 
 
 class UsageDaily(models.Model):
-    """Usage rolled up per key, model and UTC day: what the dashboards read."""
+    """Usage rolled up per key, endpoint, model and UTC day: what the dashboards read."""
 
     api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="usage_days")
+    endpoint = models.CharField(max_length=64, default="embeddings")
     model = models.CharField(max_length=100)
     day = models.DateField()
     requests = models.PositiveBigIntegerField(default=0)
@@ -194,11 +195,16 @@ class UsageDaily(models.Model):
     class Meta:
         ordering = ["-day", "model"]
         constraints = [
-            models.UniqueConstraint(fields=["api_key", "model", "day"], name="usage_daily_unique")
+            models.UniqueConstraint(
+                fields=["api_key", "endpoint", "model", "day"], name="usage_daily_unique"
+            )
         ]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.model}: {self.requests} requests, {self.charged_tokens} tokens"
+        return (
+            f"{self.day} {self.endpoint} {self.model}: "
+            f"{self.requests} requests, {self.charged_tokens} tokens"
+        )
 
 
 class Payment(models.Model):

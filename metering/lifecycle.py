@@ -274,6 +274,7 @@ class MeteredWork(Generic[T]):
                 api_key_id=self.api_key.pk,
                 request_id=self.request_id,
                 model=self.model,
+                endpoint=self.endpoint,
                 http_status=error.status,
                 error_code=error.code.value,
                 text_tokens=self.cost.text_tokens,

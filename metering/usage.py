@@ -89,6 +89,7 @@ def usage_record_refused(
     model: str,
     http_status: int,
     error_code: str,
+    endpoint: str = "embeddings",
     text_tokens: int = 0,
     image_tokens: int = 0,
     latency_ms: float | None = None,
@@ -99,6 +100,7 @@ def usage_record_refused(
         UsageRecord(
             api_key_id=api_key_id,
             request_id=request_id[:64],
+            endpoint=endpoint[:64],
             model=model[:100],
             status=UsageRecord.Status.FAILED,
             http_status=http_status,
@@ -136,11 +138,12 @@ def usage_rollup_day(*, day: date) -> int:
     day_records = UsageRecord.objects.filter(
         created_at__gte=start, created_at__lt=start + timedelta(days=1)
     )
-    rows = usage_sums(day_records, "api_key_id", "model")
+    rows = usage_sums(day_records, "api_key_id", "endpoint", "model")
     UsageDaily.objects.filter(day=day).delete()
     UsageDaily.objects.bulk_create(
         UsageDaily(
             api_key_id=row["api_key_id"],
+            endpoint=row["endpoint"],
             model=row["model"],
             day=day,
             requests=row["requests"],

@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
+from django.utils.text import slugify
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -231,7 +232,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """Keys, usage charts and payments of the signed-in user."""
     user = _user(request)
     _forget_legacy_new_key(request)
-    rows = selectors.usage_by_day(user=user, by=("model", "api_key__prefix"))
+    rows = selectors.usage_by_day(user=user, by=("endpoint", "model", "api_key__prefix"))
     keys = [(key, limits_for(key)) for key in api_key_list(user=user)]
     jobs = [job for key, _ in keys for job in batch_job_list(api_key=key, limit=10)]
     context = {
@@ -255,6 +256,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             unit="errors",
             chart_id="chart-errors",
         ),
+        "by_endpoint": selectors.usage_totals(rows=rows, by="endpoint"),
+        "endpoint_charts": _endpoint_charts(rows, chart_prefix="chart-endpoint"),
         "by_model": selectors.usage_totals(rows=rows, by="model"),
         "by_key": selectors.usage_totals(rows=rows, by="api_key__prefix"),
         "payments": payment_list(user=user)[:10],
@@ -296,9 +299,9 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    """One key: balance, limits, ledger history, usage by model."""
+    """One key: balance, limits, ledger history, usage by endpoint and by model."""
     api_key = get_object_or_404(ApiKey, pk=pk, user=request.user)
-    rows = selectors.usage_by_day(api_key=api_key, by=("model",))
+    rows = selectors.usage_by_day(api_key=api_key, by=("endpoint", "model"))
     page = Paginator(ledger_entries(api_key=api_key).select_related("usage"), 50).get_page(
         request.GET.get("page")
     )
@@ -308,6 +311,8 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "recharge": auto_recharge_get(api_key=api_key),
         "jobs": list(batch_job_list(api_key=api_key, limit=20)),
         "ledger": page,
+        "by_endpoint": selectors.usage_totals(rows=rows, by="endpoint"),
+        "endpoint_charts": _endpoint_charts(rows, chart_prefix="chart-key-endpoint"),
         "by_model": selectors.usage_totals(rows=rows, by="model"),
         "tokens_chart": bar_chart(
             bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
@@ -319,6 +324,26 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "web/key_detail.html", context)
 
 
+def _endpoint_charts(rows: list[dict[str, Any]], *, chart_prefix: str) -> list[tuple[str, Any]]:
+    """Requests per day, one chart per endpoint that had any (tokens and errors are in the
+    endpoint table beside them)."""
+    endpoints = sorted({row["endpoint"] for row in rows})
+    return [
+        (
+            endpoint,
+            bar_chart(
+                bars=selectors.usage_bars(
+                    rows=[row for row in rows if row["endpoint"] == endpoint], field="requests"
+                ),
+                title=f"Requests per day, {endpoint}",
+                unit="requests",
+                chart_id=f"{chart_prefix}-{slugify(endpoint)}",
+            ),
+        )
+        for endpoint in endpoints
+    ]
+
+
 # --- Staff -----------------------------------------------------------------------------------
 
 
@@ -326,7 +351,7 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def staff_dashboard(request: HttpRequest) -> HttpResponse:
     """Totals across users, revenue, top users, error rates, workers; key and user actions."""
-    rows = selectors.usage_by_day(by=("model", "api_key__user__email"))
+    rows = selectors.usage_by_day(by=("endpoint", "model", "api_key__user__email"))
     models = sorted({row["model"] for row in rows})
     revenue = selectors.revenue_by_day()
     currencies = sorted({row["currency"] for row in revenue})
@@ -371,6 +396,8 @@ def staff_dashboard(request: HttpRequest) -> HttpResponse:
             for currency in currencies
         ],
         "totals": selectors.usage_totals(rows=rows, by="model"),
+        "by_endpoint": selectors.usage_totals(rows=rows, by="endpoint"),
+        "endpoint_charts": _endpoint_charts(rows, chart_prefix="chart-all-endpoint"),
         "top_users": selectors.usage_totals(rows=rows, by="api_key__user__email")[:10],
         "workers": selectors.workers_by_model(),
         "query": query,
