@@ -264,6 +264,10 @@ API_KEY_PREFIX = env_str("API_KEY_PREFIX", "jina_")
 # Models used when a request names none (Jina's curl example sends no `model`).
 EMBEDDINGS_DEFAULT_MODEL = env_str("EMBEDDINGS_DEFAULT_MODEL", "all-MiniLM-L6-v2")
 EMBEDDINGS_MAX_INPUTS = env_int("EMBEDDINGS_MAX_INPUTS", 2048)
+# /v1/rerank and /v2/rerank: documents per request (Cohere advises at most 1,000 too), and the
+# model a request that names none is ranked with (empty: EMBEDDINGS_DEFAULT_MODEL, by cosine).
+RERANK_MAX_DOCUMENTS = env_int("RERANK_MAX_DOCUMENTS", 1000)
+RERANK_DEFAULT_MODEL = env_str("RERANK_DEFAULT_MODEL", "")
 # Threads torch may use for one forward pass; 0 leaves torch's own default (all cores).
 TORCH_NUM_THREADS = env_int("TORCH_NUM_THREADS", 0)
 # Dynamic batching of in-process CPU models: concurrent requests share forward passes of at

@@ -35,6 +35,10 @@ class EmbeddingModel(models.Model):
         CLIP = "clip", "In-process CPU CLIP (transformers, text and images)"
         VLLM = "vllm", "vLLM workers (OpenAI-compatible embedding servers)"
 
+    class Kind(models.TextChoices):
+        EMBEDDING = "embedding", "Embedding model (embeddings; reranks by cosine)"
+        RERANKER = "reranker", "Cross-encoder reranker (sequence classification, one score)"
+
     class Runtime(models.TextChoices):
         TORCH = "torch", "PyTorch"
         ONNX = "onnx", "ONNX Runtime (falls back to torch if its vectors drift)"
@@ -48,6 +52,13 @@ class EmbeddingModel(models.Model):
     name = models.CharField(max_length=100, unique=True, help_text="What clients send as `model`.")
     hugging_face_id = models.CharField(max_length=200, blank=True, db_index=True)
     description = models.TextField(blank=True)
+    kind = models.CharField(
+        max_length=20,
+        choices=Kind.choices,
+        default=Kind.EMBEDDING,
+        help_text="A reranker is a Hugging Face sequence-classification checkpoint with one "
+        "label (dimensions 1): it serves /v1/rerank only.",
+    )
     backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.CPU)
     source = models.CharField(
         max_length=500,
@@ -96,6 +107,17 @@ class EmbeddingModel(models.Model):
             )
         if self.accepts_images and not (self.image_tile_size and self.tokens_per_tile):
             raise ValidationError("An image model needs a tile size and tokens per tile.")
+        if self.is_reranker:
+            if self.backend == self.Backend.CLIP:
+                raise ValidationError({"backend": "A reranker runs on the cpu or vllm backend."})
+            if self.dimensions != 1:
+                raise ValidationError({"dimensions": "A reranker gives one score: dimensions 1."})
+            if self.accepts_images:
+                raise ValidationError({"modalities": "A reranker reads text only."})
+
+    @property
+    def is_reranker(self) -> bool:
+        return self.kind == self.Kind.RERANKER
 
     @property
     def accepts_images(self) -> bool:

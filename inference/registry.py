@@ -17,8 +17,10 @@ from django.core.exceptions import ValidationError
 from inference.backends.base import BackendHealth, EmbeddingBackend
 from inference.backends.clip import ClipCpuBackend
 from inference.backends.cpu_runtimes import cpu_backend_for
+from inference.backends.cross_encoder import CrossEncoderCpuBackend
 from inference.backends.vllm import VllmBackend
 from inference.models import EmbeddingModel
+from inference.pair_tokens import PairTokenizer
 from inference.tokens import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def model_dir(source: str) -> Path:
 
 # The registry fields a checkpoint has to agree with; an edit that leaves them alone (disabling
 # a model whose files are gone, a new price) is not checked again.
-CHECKPOINT_FIELDS = ("backend", "source", "dimensions", "max_tokens")
+CHECKPOINT_FIELDS = ("kind", "backend", "source", "dimensions", "max_tokens")
 
 # fairseq-style encoders number positions from padding_idx + 1, so that many of their
 # max_position_embeddings are never a token's (transformers' create_position_ids_from_input_ids).
@@ -127,6 +129,9 @@ def checkpoint_check(model: EmbeddingModel) -> CheckpointCheck:
 def _check_dimensions(
     check: CheckpointCheck, model: EmbeddingModel, config: dict[str, Any]
 ) -> None:
+    if model.kind == EmbeddingModel.Kind.RERANKER:
+        _check_reranker_head(check, model, config)
+        return
     key = "projection_dim" if model.backend == EmbeddingModel.Backend.CLIP else "hidden_size"
     size = config.get(key)
     if not isinstance(size, int):
@@ -138,6 +143,25 @@ def _check_dimensions(
             f"not {model.dimensions}. Register {size}; Matryoshka models are truncated per "
             "request with the `dimensions` parameter.",
         )
+
+
+def _check_reranker_head(
+    check: CheckpointCheck, model: EmbeddingModel, config: dict[str, Any]
+) -> None:
+    """A reranker is a sequence classifier with one label: its logit is the relevance."""
+    architectures = config.get("architectures") or []
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        check.refuse(
+            "kind",
+            f"A reranker needs a sequence-classification checkpoint; config.json names "
+            f"{', '.join(map(str, architectures)) or 'no architecture'}.",
+        )
+    labels = config.get("id2label")
+    count = len(labels) if isinstance(labels, dict) else config.get("num_labels", 1)
+    if count != 1:
+        check.refuse("kind", f"The checkpoint has {count} labels; a reranker has one.")
+    if model.dimensions != 1:
+        check.refuse("dimensions", "A reranker gives one score per pair: register dimensions 1.")
 
 
 def _check_positions(check: CheckpointCheck, model: EmbeddingModel, config: dict[str, Any]) -> None:
@@ -175,6 +199,16 @@ def checkpoint_needs_check(model: EmbeddingModel, stored: EmbeddingModel | None)
 
 def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
     """The backend a registry entry names."""
+    if model.kind == EmbeddingModel.Kind.RERANKER:
+        if model.backend == EmbeddingModel.Backend.CPU:
+            return CrossEncoderCpuBackend(
+                model_dir=directory,
+                max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
+                num_threads=settings.TORCH_NUM_THREADS,
+            )
+        if model.backend == EmbeddingModel.Backend.VLLM:
+            return VllmBackend(model_name=model.name)
+        raise ValueError(f"a reranker cannot run on the {model.backend!r} backend")
     if model.backend == EmbeddingModel.Backend.CPU:
         return cpu_backend_for(
             model_dir=directory,
@@ -197,15 +231,17 @@ def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
 
 @dataclass(frozen=True)
 class ModelRuntime:
-    """What a registry entry loads in this process: its tokenizer and its backend."""
+    """What a registry entry loads in this process: its tokenizer and its backend (and, for a
+    reranker, the pair tokenizer that makes what its cross-encoder reads)."""
 
     tokenizer: TextTokenizer
     backend: EmbeddingBackend
+    pairs: PairTokenizer | None = None
 
 
 def load_signature(model: EmbeddingModel) -> tuple[str, ...]:
     """The fields that change what gets loaded; editing any other field needs no reload."""
-    return (model.backend, model.source, model.pooling, model.runtime)
+    return (model.kind, model.backend, model.source, model.pooling, model.runtime)
 
 
 @dataclass(frozen=True)
@@ -249,6 +285,7 @@ class RuntimeRegistry:
         try:
             directory = model_dir(model.source)
             tokenizer = TextTokenizer.from_dir(directory)
+            pairs = PairTokenizer.from_dir(directory) if model.is_reranker else None
             backend = backend_for(model, directory)
             backend.load()
         except Exception as exc:
@@ -259,7 +296,7 @@ class RuntimeRegistry:
             self._loading.discard(model.name)
         self._failures.pop(model.name, None)
         logger.info("Loaded model %s from %s", model.name, directory)
-        return ModelRuntime(tokenizer=tokenizer, backend=backend)
+        return ModelRuntime(tokenizer=tokenizer, backend=backend, pairs=pairs)
 
     def status(self, model: EmbeddingModel) -> RuntimeStatus:
         cached = self._runtimes.get(model.name)

@@ -71,6 +71,13 @@ def embedding_model_resolve(*, name: str | None) -> EmbeddingModel:
             f"Model '{name}' not found. Available models: {available}.",
             param="model",
         )
+    if model.is_reranker:
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            f"{model.name} is a reranker (a cross-encoder): it scores (query, document) pairs "
+            "at /v1/rerank and makes no embeddings. Choose an embedding model.",
+            param="model",
+        )
     return model
 
 

@@ -24,6 +24,7 @@ from embeddings_site.api_schema import (
 from embeddings_site.errors import ApiError, ErrorCode
 from inference.models import EmbeddingModel
 from inference.protocol import EmbeddingRequestSerializer
+from inference.rerank import rerank_method
 from inference.selectors import embedding_model_get, embedding_model_list
 from inference.services import embeddings_create
 from metering.api import MeteredApiView
@@ -49,14 +50,25 @@ class EmbeddingCreateApi(MeteredApiView):
         return Response(body)
 
 
+def model_operations(model: EmbeddingModel) -> list[str]:
+    """The /v1 operations a model serves: an embedding model also reranks (by cosine) and
+    classifies; a reranker (a cross-encoder) only scores pairs. Every model tokenizes."""
+    if model.is_reranker:
+        return ["rerank", "tokenize"]
+    return ["embeddings", "rerank", "classify", "tokenize"]
+
+
 class ModelOutputSerializer(serializers.Serializer):
     """A model as OpenAI's `model` object and Jina's ModelInfo at once, plus what requests may use."""
 
     def to_representation(self, model: EmbeddingModel) -> dict[str, Any]:
         created = int(model.created_at.timestamp())
         per_token = model.price_per_million_tokens / 1_000_000
-        features = ["truncate", "late_chunking", "dimensions", "embedding_type"]
-        if model.tasks:
+        if model.is_reranker:
+            features = ["truncate", "top_n", "return_documents", "max_tokens_per_doc"]
+        else:
+            features = ["truncate", "late_chunking", "dimensions", "embedding_type"]
+        if model.tasks and not model.is_reranker:
             features.append("task")
         return {
             "id": model.name,
@@ -67,7 +79,7 @@ class ModelOutputSerializer(serializers.Serializer):
             "hugging_face_id": model.hugging_face_id,
             "description": model.description,
             "input_modalities": list(model.modalities),
-            "output_modalities": ["embeddings"],
+            "output_modalities": ["scores"] if model.is_reranker else ["embeddings"],
             "quantization": "",
             "context_length": model.max_tokens,
             "max_output_length": model.dimensions,
@@ -88,6 +100,11 @@ class ModelOutputSerializer(serializers.Serializer):
             "tasks": sorted(model.tasks),
             "default_task": model.default_task or None,
             "backend": model.backend,
+            "kind": model.kind,
+            "operations": model_operations(model),
+            # A reranker reads each (query, document) pair; an embedding model ranks by the
+            # cosine of the query's and each document's embedding.
+            "rerank_method": rerank_method(model),
         }
 
 

@@ -1,4 +1,5 @@
-"""run_worker: start a vLLM embedding server from a small config and keep it registered.
+"""run_worker: start a vLLM embedding (or reranking) server from a small config and keep it
+registered.
 
 The config follows the seeds' worker pattern (model path, served name, max_model_len,
 max_num_seqs, task embed → runner pooling), plus where the gateway is and its worker token:
@@ -17,6 +18,10 @@ max_num_seqs, task embed → runner pooling), plus where the gateway is and its 
     host = "0.0.0.0"
     port = 8001
     advertise_url = "http://gpu-1.internal:8001"   # what the gateway calls
+
+    A cross-encoder (a reranker entry in the registry) is served the same way with
+    `task = "rerank"` (or "score"): vLLM's pooling runner loads a *ForSequenceClassification
+    checkpoint as a classifier and serves /rerank and /score for it.
 
     [queue]
     url = "http://gateway.internal:8000"
@@ -43,6 +48,11 @@ from typing import Any
 import httpx
 
 logger = logging.getLogger(__name__)
+
+
+# What a worker may serve; each runs vLLM's pooling runner, which picks embedding or
+# scoring from the checkpoint's architecture.
+POOLING_TASKS = frozenset({"embed", "pooling", "rerank", "score"})
 
 
 class WorkerConfigError(Exception):
@@ -85,8 +95,11 @@ class WorkerConfig:
         if generator.get("type", "vllm") != "vllm":
             raise WorkerConfigError("generator.type must be vllm")
         task = generator.get("task", "embed")
-        if task not in {"embed", "pooling"}:
-            raise WorkerConfigError("generator.task must be embed (this worker serves embeddings)")
+        if task not in POOLING_TASKS:
+            raise WorkerConfigError(
+                "generator.task must be embed (embeddings) or rerank (a cross-encoder), "
+                f"not {task!r}"
+            )
         missing = [
             name
             for name, value in (
@@ -123,7 +136,8 @@ class WorkerConfig:
 
 
 def vllm_command(config: WorkerConfig) -> list[str]:
-    """vLLM's OpenAI-compatible server for an embedding model (the pooling runner)."""
+    """vLLM's OpenAI-compatible server for an embedding model or a cross-encoder (the pooling
+    runner serves /v1/embeddings for the one and /rerank and /score for the other)."""
     command = [
         config.python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", config.model_path,

@@ -42,6 +42,7 @@ from inference.backends.base import (
     EmbeddingBackend,
     EmbedItem,
 )
+from inference.backends.scoring import PairItem
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,35 @@ class VllmBackend(EmbeddingBackend):
             "use_activation": False,
         }
 
-    def _call(self, make_payload: Any) -> list[np.ndarray]:
+    # --- reranking (a cross-encoder served by vLLM's pooling runner) ---------------------
+
+    def score(self, pairs: Sequence[PairItem]) -> np.ndarray:
+        """Scores through the workers' /rerank (vLLM's Jina/Cohere-compatible endpoint).
+
+        vLLM's scoring API takes text only, so it tokenizes the pairs again: the documents are
+        sent as the gateway cut them (what is left after truncation), which it counted.
+        """
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        queries = {pair.query for pair in pairs}
+        if len(queries) != 1:
+            raise BackendError("one rerank call scores one query against its documents")
+        self.pool.refresh()
+        payload = {
+            "query": pairs[0].query,
+            "documents": [pair.document for pair in pairs],
+            "use_activation": True,  # the sigmoid of the logit, as sentence-transformers does
+        }
+        rows = self._call(
+            lambda worker: {"model": worker.served_name, **payload},
+            path="/rerank",
+            parse=_rerank_scores,
+        )
+        return np.asarray(rows, dtype=np.float32).reshape(len(pairs))
+
+    def _call(
+        self, make_payload: Any, *, path: str = "/v1/embeddings", parse: Any = None
+    ) -> list[np.ndarray]:
         """POST to the least-loaded worker; after a worker's failure once more to another one."""
         tried: set[str] = set()
         last_error = "no healthy worker"
@@ -321,7 +350,9 @@ class VllmBackend(EmbeddingBackend):
             failed = True
             try:
                 with worker_call(model=self.model_name, worker=worker.url):
-                    vectors = self._post(worker, make_payload(worker), budget)
+                    vectors = self._post(
+                        worker, make_payload(worker), budget, path=path, parse=parse
+                    )
                 failed = False
                 return vectors
             except BackendInputError:
@@ -347,15 +378,19 @@ class VllmBackend(EmbeddingBackend):
         raise BackendError(f"no worker of {self.model_name} could serve the request ({last_error})")
 
     def _post(
-        self, worker: WorkerState, payload: dict[str, Any], budget: _CallBudget
+        self,
+        worker: WorkerState,
+        payload: dict[str, Any],
+        budget: _CallBudget,
+        *,
+        path: str = "/v1/embeddings",
+        parse: Any = None,
     ) -> list[np.ndarray]:
         timeout = httpx.Timeout(
             budget.seconds, connect=min(settings.WORKER_CONNECT_TIMEOUT_SECONDS, budget.seconds)
         )
         try:
-            response = self._http().post(
-                f"{worker.url}/v1/embeddings", json=payload, timeout=timeout
-            )
+            response = self._http().post(f"{worker.url}{path}", json=payload, timeout=timeout)
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
             # Not retried: another worker would only double the client's wait.
             waited = "the request's deadline" if budget.cut_by_deadline else "the worker timeout"
@@ -365,6 +400,8 @@ class VllmBackend(EmbeddingBackend):
         except httpx.HTTPError as exc:
             raise _WorkerFailed(type(exc).__name__) from exc
         status = response.status_code
+        if status == 200 and parse is not None:
+            return parse(response, payload)
         if status == 200:
             return _vectors(response, expected=len(payload["input"]) if "input" in payload else 1)
         if status == 429:
@@ -386,6 +423,19 @@ def _vectors(response: httpx.Response, *, expected: int) -> list[np.ndarray]:
     if len(vectors) != expected:
         raise _WorkerFailed(f"{len(vectors)} vectors for {expected} inputs")
     return vectors
+
+
+def _rerank_scores(response: httpx.Response, payload: dict[str, Any]) -> list[np.ndarray]:
+    """The scores of a /rerank answer, in document order; a malformed one is the worker's fault."""
+    expected = len(payload["documents"])
+    try:
+        results = response.json()["results"]
+        scores = {int(item["index"]): float(item["relevance_score"]) for item in results}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _WorkerFailed(f"malformed rerank answer ({type(exc).__name__})") from exc
+    if sorted(scores) != list(range(expected)):
+        raise _WorkerFailed(f"{len(scores)} scores for {expected} documents")
+    return [np.asarray(scores[index], dtype=np.float32) for index in range(expected)]
 
 
 def _refusal_message(response: httpx.Response) -> str:

@@ -18,6 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True, help="What clients send as `model`")
         parser.add_argument("--backend", choices=EmbeddingModel.Backend.values, default="cpu")
         parser.add_argument(
+            "--kind",
+            choices=EmbeddingModel.Kind.values,
+            default="embedding",
+            help="reranker: a cross-encoder (sequence classification, one label; dimensions 1)",
+        )
+        parser.add_argument(
             "--source", required=True, help="Model directory or package:<pkg>/<dir>"
         )
         parser.add_argument("--dimensions", type=int, required=True)
@@ -48,6 +54,7 @@ class Command(BaseCommand):
                 raise CommandError(f"--task must be NAME=PREFIX, not {entry!r}")
             tasks[name] = prefix
         fields: dict[str, Any] = {
+            "kind": options["kind"],
             "backend": options["backend"],
             "source": options["source"],
             "dimensions": options["dimensions"],
