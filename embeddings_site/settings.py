@@ -268,6 +268,21 @@ EMBEDDINGS_MAX_INPUTS = env_int("EMBEDDINGS_MAX_INPUTS", 2048)
 # model a request that names none is ranked with (empty: EMBEDDINGS_DEFAULT_MODEL, by cosine).
 RERANK_MAX_DOCUMENTS = env_int("RERANK_MAX_DOCUMENTS", 1000)
 RERANK_DEFAULT_MODEL = env_str("RERANK_DEFAULT_MODEL", "")
+# /v1/classify and /v1/train, with Jina's bounds: inputs per request, labels (a list, or groups
+# of labels), characters per label, labelled examples per request, training iterations, and
+# what one classifier may hold over its updates. Zero-shot scores are a softmax of the cosine
+# similarities divided by CLASSIFY_TEMPERATURE.
+CLASSIFY_MAX_INPUTS = env_int("CLASSIFY_MAX_INPUTS", 512)
+CLASSIFY_MAX_LABELS = env_int("CLASSIFY_MAX_LABELS", 512)
+CLASSIFY_MAX_LABEL_GROUPS = env_int("CLASSIFY_MAX_LABEL_GROUPS", 8)
+CLASSIFY_MAX_LABELS_PER_GROUP = env_int("CLASSIFY_MAX_LABELS_PER_GROUP", 64)
+CLASSIFY_MAX_LABEL_CHARS = env_int("CLASSIFY_MAX_LABEL_CHARS", 256)
+CLASSIFY_TEMPERATURE = float(env_str("CLASSIFY_TEMPERATURE", "0.05"))
+TRAIN_MAX_EXAMPLES = env_int("TRAIN_MAX_EXAMPLES", 512)
+TRAIN_DEFAULT_ITERS = env_int("TRAIN_DEFAULT_ITERS", 10)
+TRAIN_MAX_ITERS = env_int("TRAIN_MAX_ITERS", 100)
+CLASSIFIER_MAX_SAMPLES = env_int("CLASSIFIER_MAX_SAMPLES", 2048)
+CLASSIFIER_MAX_LABELS = env_int("CLASSIFIER_MAX_LABELS", 256)
 # Threads torch may use for one forward pass; 0 leaves torch's own default (all cores).
 TORCH_NUM_THREADS = env_int("TORCH_NUM_THREADS", 0)
 # Dynamic batching of in-process CPU models: concurrent requests share forward passes of at
