@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiExample, inline_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 
@@ -87,6 +87,63 @@ EMBEDDING_TYPE_SCHEMA: dict[str, Any] = {
     "default": "float",
 }
 
+# vLLM's truncate_prompt_tokens: -1 (the model's limit) or a positive number of tokens.
+TRUNCATE_PROMPT_TOKENS_SCHEMA: dict[str, Any] = {
+    "type": "integer",
+    "anyOf": [{"enum": [-1]}, {"minimum": 1}],
+    "description": (
+        "vLLM's: keep this many tokens (special tokens included), on `truncation_side`; -1: "
+        "the model's limit. Over the model's limit: 400."
+    ),
+}
+_ENCODED_VECTOR: dict[str, Any] = {
+    "anyOf": [
+        {"type": "array", "items": {"type": "number"}},
+        {"type": "string"},
+        {"type": "object", "additionalProperties": {}},
+    ],
+    "description": "Floats, base64 bytes (float32 little-endian unless embed_dtype / "
+    "endianness say otherwise), packed bits, or one of each type asked for.",
+}
+_SINGLE_EMBEDDING: dict[str, Any] = {
+    "type": "object",
+    "title": "Embedding",
+    "required": ["object", "index", "embedding"],
+    "properties": {
+        "object": {"type": "string", "enum": ["embedding"]},
+        "index": {"type": "integer"},
+        "embedding": _ENCODED_VECTOR,
+    },
+}
+# Jina's MultiEmbeddingData: one vector per token (return_multivector).
+_MULTI_EMBEDDING: dict[str, Any] = {
+    "type": "object",
+    "title": "MultiEmbeddingData",
+    "required": ["object", "index", "embeddings"],
+    "properties": {
+        "object": {"type": "string", "enum": ["embeddings"]},
+        "index": {"type": "integer"},
+        "embeddings": {
+            "type": "array",
+            "items": {
+                "anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]
+            },
+            "description": "One vector per token the model read, special tokens included.",
+        },
+        "tokenized_input": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "The tokens, one per vector (return_tokenized_input).",
+        },
+    },
+}
+
+
+@extend_schema_field({"type": "array", "items": {"anyOf": [_SINGLE_EMBEDDING, _MULTI_EMBEDDING]}})
+class EmbeddingDataField(serializers.JSONField):
+    """Documentation only: `data` of an embeddings response, dense or multi-vector."""
+
+
 Usage = inline_serializer(
     "Usage",
     {
@@ -100,17 +157,7 @@ EmbeddingResponse = inline_serializer(
     {
         "object": serializers.CharField(default="list"),
         "model": serializers.CharField(),
-        "data": inline_serializer(
-            "Embedding",
-            {
-                "object": serializers.CharField(default="embedding"),
-                "index": serializers.IntegerField(),
-                "embedding": serializers.JSONField(
-                    help_text="Floats, a base64 string of little-endian float32, or packed bits."
-                ),
-            },
-            many=True,
-        ),
+        "data": EmbeddingDataField(),
         "usage": Usage,
     },
 )
@@ -178,10 +225,73 @@ EMBEDDING_EXAMPLES = [
 ]
 
 
+# POST /v1/tokenize answers in the shape of the field that carried the text.
+_VLLM_TOKENIZE: dict[str, Any] = {
+    "type": "object",
+    "title": "VllmTokenizeResponse",
+    "required": ["count", "max_model_len", "tokens"],
+    "properties": {
+        "count": {"type": "integer", "minimum": 0},
+        "max_model_len": {"type": "integer"},
+        "tokens": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "token_strs": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+    },
+}
+_TEI_TOKEN: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "text", "special", "start", "stop"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 0},
+        "text": {"type": "string"},
+        "special": {"type": "boolean"},
+        "start": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+        "stop": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+    },
+}
+_TEI_TOKENIZE: dict[str, Any] = {
+    "type": "array",
+    "title": "TeiTokenizeResponse",
+    "items": {"type": "array", "items": _TEI_TOKEN},
+}
+_JINA_SEGMENT: dict[str, Any] = {
+    "type": "object",
+    "title": "SegmenterResponse",
+    "required": ["num_tokens", "tokenizer", "usage"],
+    "properties": {
+        "num_tokens": {"type": "integer", "minimum": 0},
+        "tokenizer": {"type": "string"},
+        "usage": {
+            "type": "object",
+            "required": ["tokens"],
+            "properties": {"tokens": {"type": "integer", "enum": [0]}},
+        },
+        "tokens": {
+            "type": "array",
+            "items": {
+                "type": "array",
+                "prefixItems": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "integer"}},
+                ],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+        },
+    },
+}
+TOKENIZE_RESPONSE_SCHEMA: dict[str, Any] = {
+    "anyOf": [_VLLM_TOKENIZE, _TEI_TOKENIZE, _JINA_SEGMENT],
+    "description": "vLLM's answer to `prompt`, TEI's to `inputs`, Jina's segmenter's to `content`.",
+}
+
 # What a serializer cannot say about its fields together, added to its component.
 COMPONENT_CONSTRAINTS: dict[str, dict[str, Any]] = {
     # Jina's batch: the lines inline or a file's URL, exactly one of them.
     "JinaBatchRequest": {"oneOf": [{"required": ["input"]}, {"required": ["input_url"]}]},
+    # The text in exactly one client's field: vLLM's, TEI's or Jina's segmenter's.
+    "TokenizeRequest": {
+        "oneOf": [{"required": ["prompt"]}, {"required": ["inputs"]}, {"required": ["content"]}]
+    },
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from django.conf import settings
@@ -118,12 +118,15 @@ def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
     inputs = _with_modalities(request, model)
     prefix = _task_prefix(model, request.task)
     runtime = _runtime(model)
-    if request.late_chunking and not runtime.backend.supports_late_chunking:
+    if request.late_chunking and not runtime.backend.supports_token_output:
         raise ApiError(
             ErrorCode.INPUT_VALIDATION_ERROR,
             f"late_chunking is not available for {model.name}: its backend gives no token-level output.",
             param="late_chunking",
         )
+    _check_vllm_options(request, model)
+    if request.multivector:
+        _check_multivector(request, model, runtime, inputs)
     try:
         if request.late_chunking:
             items = _late_chunk_items(request, model, runtime, prefix)
@@ -159,6 +162,55 @@ def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
         image_tokens=image_tokens,
         images=images,
     )
+
+
+def _check_vllm_options(request: EmbeddingRequest, model: EmbeddingModel) -> None:
+    keep = request.truncate_prompt_tokens
+    if keep is None:
+        return
+    if keep > model.max_tokens:
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            f"truncate_prompt_tokens is {keep}, over {model.name}'s limit of {model.max_tokens} "
+            "tokens. Send at most that, or -1 for the model's limit.",
+            param="truncate_prompt_tokens",
+        )
+    if request.late_chunking:
+        raise ApiError(
+            ErrorCode.INPUT_VALIDATION_ERROR,
+            "truncate_prompt_tokens cannot be used with late_chunking: the inputs are read as "
+            "one sequence.",
+            param="truncate_prompt_tokens",
+        )
+
+
+def _check_multivector(
+    request: EmbeddingRequest,
+    model: EmbeddingModel,
+    runtime: ModelRuntime,
+    inputs: list[EmbeddingInput],
+) -> None:
+    """Jina's return_multivector: refused where one vector per token cannot be given."""
+    problem = None
+    if request.dimensions is not None:  # as Jina's API: "Cannot be used with dimensions"
+        problem = ("dimensions", "return_multivector cannot be used with dimensions.")
+    elif request.late_chunking:
+        problem = ("late_chunking", "return_multivector cannot be used with late_chunking.")
+    elif len(request.embedding_types) > 1:
+        problem = (
+            "embedding_type",
+            "return_multivector takes one embedding_type: each token's vector is encoded so.",
+        )
+    elif not runtime.backend.supports_token_output:
+        problem = (
+            "return_multivector",
+            f"return_multivector is not available for {model.name}: its backend gives no "
+            "token-level output.",
+        )
+    elif any(isinstance(item, ImageInput) for item in inputs):
+        problem = ("input", "return_multivector works on text and token inputs only.")
+    if problem is not None:
+        raise ApiError(ErrorCode.INPUT_VALIDATION_ERROR, problem[1], param=problem[0])
 
 
 def _with_modalities(request: EmbeddingRequest, model: EmbeddingModel) -> list[EmbeddingInput]:
@@ -215,26 +267,49 @@ def _items(
         for i, item in enumerate(request.inputs)
         if isinstance(item, TextInput)
     ]
-    encoded = (
-        runtime.tokenizer.encode(
+    keep = _kept_tokens(request, model)
+    encoded: list[list[int]] = []
+    if texts and keep is not None:
+        side = _truncation_side(request)
+        encoded = runtime.tokenizer.encode_keeping(
+            [text for _, text in texts], keep=keep, side=side
+        )
+    elif texts:
+        encoded = runtime.tokenizer.encode(
             [text for _, text in texts], max_tokens=model.max_tokens, truncate=request.truncate
         )
-        if texts
-        else []
-    )
     by_index = {index: (ids, text) for (index, text), ids in zip(texts, encoded, strict=True)}
+    per_token = request.multivector
     items: list[EmbedItem] = []
     for index, item in enumerate(request.inputs):
         if isinstance(item, ImageInput):
             items.append(EmbedItem(token_ids=[]))
         elif isinstance(item, TokenInput):
-            items.append(
-                EmbedItem(token_ids=_checked_token_ids(item, index, model, runtime, request))
-            )
+            ids = _checked_token_ids(item, index, model, runtime, request)
+            if keep is not None and len(ids) > keep:
+                side = _truncation_side(request) or runtime.tokenizer.truncation_side
+                ids = ids[-keep:] if side == "left" else ids[:keep]
+            items.append(EmbedItem(token_ids=ids, per_token=per_token))
         else:
             ids, text = by_index[index]
-            items.append(EmbedItem(token_ids=ids, text=text))
+            # A worker that tokenizes itself would read the whole text: truncated, it gets ids.
+            items.append(
+                EmbedItem(token_ids=ids, text=text if keep is None else None, per_token=per_token)
+            )
     return items
+
+
+def _kept_tokens(request: EmbeddingRequest, model: EmbeddingModel) -> int | None:
+    """vLLM's truncate_prompt_tokens as a number of tokens (-1: the model's limit)."""
+    keep = request.truncate_prompt_tokens
+    if keep is None:
+        return None
+    return model.max_tokens if keep == -1 else keep
+
+
+def _truncation_side(request: EmbeddingRequest) -> Literal["left", "right"] | None:
+    side = request.truncation_side
+    return side if side in ("left", "right") else None  # type: ignore[return-value]
 
 
 def _checked_token_ids(
@@ -253,6 +328,8 @@ def _checked_token_ids(
             param="input",
         )
     if len(item.ids) > model.max_tokens:
+        if request.truncate_prompt_tokens is not None:
+            return item.ids  # cut by the caller to what truncate_prompt_tokens keeps
         if not request.truncate:
             raise _token_limit_error(
                 model, InputTooLong(index, len(item.ids), model.max_tokens), late_chunking=False
@@ -338,22 +415,45 @@ def embeddings_body(
     vectors = encodings.matryoshka(
         vectors, dimensions=request.dimensions, normalized=request.normalized
     )
-    encoded = encodings.encode_all(vectors, request.embedding_types)
+    options = {"embed_dtype": request.embed_dtype, "endianness": request.endianness}
     usage: dict[str, int] = {
         "prompt_tokens": counted.total_tokens,
         "total_tokens": counted.total_tokens,
     }
     if model.accepts_images:
         usage["image_tokens"] = counted.image_tokens
-    return {
-        "object": "list",
-        "model": model.name,
-        "data": [
+    if request.multivector:
+        data = _multivector_data(counted, request, vectors, options)
+    else:
+        encoded = encodings.encode_all(vectors, request.embedding_types, **options)
+        data = [
             {"object": "embedding", "index": index, "embedding": embedding}
             for index, embedding in enumerate(encoded)
-        ],
-        "usage": usage,
-    }
+        ]
+    return {"object": "list", "model": model.name, "data": data, "usage": usage}
+
+
+def _multivector_data(
+    counted: CountedRequest,
+    request: EmbeddingRequest,
+    vectors: np.ndarray,
+    options: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Jina's MultiEmbeddingData: each input's token vectors (normalised one by one)."""
+    data = []
+    row = 0
+    for index, item in enumerate(counted.items):
+        rows = vectors[row : row + item.output_rows]
+        row += item.output_rows
+        entry: dict[str, Any] = {
+            "object": "embeddings",
+            "index": index,
+            "embeddings": encodings.encode_all(rows, request.embedding_types, **options),
+        }
+        if request.tokenized_input:
+            entry["tokenized_input"] = counted.runtime.tokenizer.token_strings(item.token_ids)
+        data.append(entry)
+    return data
 
 
 def embeddings_infer(*, counted: CountedRequest, request: EmbeddingRequest) -> dict[str, Any]:

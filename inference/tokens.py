@@ -7,6 +7,7 @@ text cannot change are used as they are. See `_stable_count` for when that is ex
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,20 +72,66 @@ class _Counted:
 class TextTokenizer:
     """A Hugging Face fast tokenizer (tokenizer.json) used for counting and for model input."""
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer) -> None:
+    def __init__(
+        self,
+        tokenizer: tokenizers.Tokenizer,
+        *,
+        truncation_side: Literal["left", "right"] = "right",
+    ) -> None:
         # tokenizer.json files often carry padding/truncation for training; the gateway decides.
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tokenizer = tokenizer
         self.special_tokens = tokenizer.num_special_tokens_to_add(False)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        # The side Hugging Face's tokenizer cuts by default (tokenizer_config.json), which vLLM's
+        # truncate_prompt_tokens follows when the request names none.
+        self.truncation_side: Literal["left", "right"] = truncation_side
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> TextTokenizer:
         path = model_dir / "tokenizer.json"
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: the model needs a fast tokenizer.json")
-        return cls(tokenizers.Tokenizer.from_file(str(path)))
+        side: Literal["left", "right"] = "right"
+        config = model_dir / "tokenizer_config.json"
+        if config.exists():
+            try:
+                if json.loads(config.read_text()).get("truncation_side") == "left":
+                    side = "left"
+            except (OSError, ValueError, AttributeError):
+                pass  # an unreadable config: Hugging Face's default side
+        return cls(tokenizers.Tokenizer.from_file(str(path)), truncation_side=side)
+
+    def encode_keeping(
+        self, texts: Sequence[str], *, keep: int, side: Literal["left", "right"] | None
+    ) -> list[list[int]]:
+        """vLLM's truncate_prompt_tokens: at most `keep` token ids per text, special tokens
+        included. With no side named, as Hugging Face's tokenizer truncates (its own side;
+        special tokens stay, the text is cut); with a side, the whole sequence sliced there
+        (`right` keeps the first `keep` ids, `left` the last), as vLLM slices it."""
+        if side is None:
+            if self.truncation_side == "right":
+                return self.encode(texts, max_tokens=keep, truncate=True)
+            content = max(keep - self.special_tokens, 0)
+            result = []
+            for encoding in self._tokenizer.encode_batch(list(texts), add_special_tokens=False):
+                encoding.truncate(content, direction="left")
+                result.append(self._tokenizer.post_process(encoding).ids)
+            return result
+        if side == "right":
+            return [ids[:keep] for ids in self.encode(texts, max_tokens=keep + 1, truncate=True)]
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return [encoding.ids[-keep:] for encoding in encodings]
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Each id's token as the vocabulary spells it ("##ing", "[CLS]")."""
+        return [self._tokenizer.id_to_token(token_id) or "" for token_id in ids]
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> tokenizers.Encoding:
+        """The whole text's encoding (ids, tokens, offsets, which are special); the caller
+        bounds the text's size."""
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
     def encode(self, texts: Sequence[str], *, max_tokens: int, truncate: bool) -> list[list[int]]:
         """Token ids with special tokens, one list per text; raises InputTooLong unless truncating.

@@ -16,16 +16,20 @@ class EmbedItem:
     image (decoded RGB pixels, set just before inference).
 
     With `spans` (late chunking) the backend pools each span separately and returns one row
-    per span instead of one for the whole sequence.
+    per span instead of one for the whole sequence; with `per_token` (multi-vector output) it
+    returns every token's last hidden state, a row per token id, special tokens included.
     """
 
     token_ids: list[int]
     spans: list[tuple[int, int]] | None = None
     image: Any = None
     text: str | None = None  # the (prefixed) text, for workers that tokenize themselves
+    per_token: bool = False
 
     @property
     def output_rows(self) -> int:
+        if self.per_token:
+            return len(self.token_ids)
         return len(self.spans) if self.spans is not None else 1
 
 
@@ -58,8 +62,14 @@ class BackendInputError(BackendError):
 class EmbeddingBackend(ABC):
     """Turns token ids into pooled, unnormalised float32 vectors."""
 
-    # Late chunking needs token-level outputs, which not every backend can give.
+    # Token-level output (each token's last hidden state), which not every backend can give (a
+    # vLLM worker answers pooled vectors only): late chunking and multi-vector output need it.
     supports_late_chunking = True
+
+    @property
+    def supports_token_output(self) -> bool:
+        """Whether `embed` takes `per_token` and late-chunking items (token-level output)."""
+        return self.supports_late_chunking
 
     @abstractmethod
     def load(self) -> None:

@@ -148,7 +148,12 @@ class TransformersCpuBackend(EmbeddingBackend):
                 chunks = torch.stack([hidden[0, start:end].mean(dim=0) for start, end in spans])
                 return [chunks.numpy()]
             pooled = self._pool(hidden, mask).numpy()
-        return [pooled[row : row + 1] for row in range(len(batch))]
+            return [
+                hidden[row, : len(item.token_ids)].numpy()
+                if item.per_token
+                else pooled[row : row + 1]
+                for row, item in enumerate(batch)
+            ]
 
     def _hidden(self, input_ids: Any, mask: Any) -> Any:
         """The encoder's last hidden state for a padded batch."""
