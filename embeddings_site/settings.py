@@ -292,6 +292,8 @@ EMBEDDINGS_DYNAMIC_BATCHING = env_bool("EMBEDDINGS_DYNAMIC_BATCHING", default=Tr
 EMBEDDINGS_BATCH_WAIT_MS = float(env_str("EMBEDDINGS_BATCH_WAIT_MS", "0"))
 # 2048: on CPU, smaller passes beat bigger ones (bench/cpu_backend.py --max-batch-tokens).
 EMBEDDINGS_MAX_BATCH_TOKENS = env_int("EMBEDDINGS_MAX_BATCH_TOKENS", 2048)
+# /v1/tokenize reads at most this many characters per request (all its texts together).
+TOKENIZE_MAX_CHARACTERS = env_int("TOKENIZE_MAX_CHARACTERS", 1_000_000)
 # Active keys are cached this many seconds per process: a revocation reaches every process
 # within that time (at once in the one that revoked). 0 turns the cache off.
 KEY_CACHE_SECONDS = float(env_str("KEY_CACHE_SECONDS", "5"))

@@ -1,5 +1,9 @@
 """/v1/tokenize."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, re_path
 
-urlpatterns: list[URLPattern] = []
+from inference.tokenize_views import TokenizeCreateApi
+
+urlpatterns: list[URLPattern] = [
+    re_path(r"^v1/tokenize/?$", TokenizeCreateApi.as_view(), name="tokenize"),
+]

@@ -30,10 +30,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.utils import timezone
 
 from billing.models import ApiKey, UsageRecord
 from embeddings_site.deadlines import Deadline, deadline_scope
@@ -42,7 +43,7 @@ from embeddings_site.metrics import request_observe
 from metering.hooks import after_debit_run
 from metering.ledger import InsufficientBalance, usage_admit, usage_refund, usage_succeed
 from metering.limiter import Decision, LimiterUnavailable, Limits, format_duration, get_limiter
-from metering.usage import usage_record_refused
+from metering.usage import usage_record_refused, usage_writer
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class MeteredWork(Generic[T]):
         self._slot = uuid.uuid4().hex
         self._taken = 0  # tokens this request holds in the limiter's window
         self._settled = False
+        self._free = False  # debited a cost of 0: served without touching the balance
 
     @property
     def latency_ms(self) -> float:
@@ -211,6 +213,11 @@ class MeteredWork(Generic[T]):
                 raise self._rate_limited(adjusted, cost.tokens)
             self._taken = cost.tokens
             self.decision = replace(adjusted, backend=decision.backend)
+        if cost.tokens == 0:
+            # Nothing to charge (/v1/tokenize): no balance update, no ledger entry, no
+            # after-debit hooks; the usage row is written when the request settles.
+            self._free = True
+            return
         try:
             self.usage = usage_admit(
                 api_key=self.api_key,
@@ -257,6 +264,10 @@ class MeteredWork(Generic[T]):
                 raise database_unavailable() from exc
             if not served:  # the sweeper refunded it already
                 raise _timed_out()
+        elif self._free:
+            if self.deadline.expired:
+                raise _timed_out()
+            _record_free(self)
         self._settled = True
         self._observe(None)
 
@@ -383,6 +394,25 @@ class MeteredWork(Generic[T]):
             image_tokens=self.cost.image_tokens,
             seconds=self.latency_ms / 1000,
         )
+
+
+def _record_free(work: MeteredWork[Any]) -> None:
+    """The usage row of a request served at no cost (batched, like refused requests' rows)."""
+    now = timezone.now()
+    usage_writer.add(
+        UsageRecord(
+            api_key_id=work.api_key.pk,
+            request_id=work.request_id[:64],
+            endpoint=work.endpoint[:64],
+            model=work.model[:100],
+            status=UsageRecord.Status.SUCCEEDED,
+            http_status=200,
+            charged_tokens=0,
+            latency_ms=work.latency_ms,
+            created_at=now,
+            finished_at=now,
+        )
+    )
 
 
 def _drop_broken_connection() -> None:
