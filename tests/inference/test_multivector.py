@@ -1,6 +1,6 @@
 """Jina's return_multivector on /v1/embeddings: one vector per token, the CPU backend's last
 hidden state (special tokens included, as jina-embeddings-v4 returns them), in Jina's
-MultiEmbeddingData shape."""
+MultiEmbeddingData shape, on /v1/embeddings and in batch lines."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from batch.processing import batch_job_process
+from tests.batch.conftest import BatchApi, lines_of
 from tests.factories import EmbeddingModelFactory
 from tests.jina_spec import assert_error_envelope, assert_valid
 
@@ -129,3 +131,22 @@ def test_refused_on_a_backend_without_token_output(post_embeddings, api_key) -> 
     assert "token-level output" in body["detail"]
     api_key.refresh_from_db()
     assert api_key.usage_records.filter(charged_tokens__gt=0).count() == 0
+
+
+def test_batch_lines_answer_multivector_as_the_api_does(client, api_key, post_embeddings) -> None:
+    api = BatchApi(client, api_key)
+    sent = [
+        {"custom_id": "multi", "body": {"input": TEXTS[:2], "return_multivector": True}},
+        {"custom_id": "dense", "body": {"input": TEXTS[2]}},
+    ]
+    response = api.create({"model": "all-MiniLM-L6-v2", "input": sent})
+    assert response.status_code == 200, response.content
+    job_id = response.json()["batch_id"]
+    batch_job_process(job_id=job_id)
+    output = lines_of(api.get(f"/v1/batch/{job_id}/output"))
+    multi, dense = (line["response"]["body"] for line in output)
+    direct = post_embeddings({"input": TEXTS[:2], "return_multivector": True}).json()
+    assert multi["usage"] == direct["usage"]
+    for ours, theirs in zip(multi["data"], direct["data"], strict=True):
+        np.testing.assert_allclose(ours["embeddings"], theirs["embeddings"], atol=1e-5)
+    assert dense["data"][0]["object"] == "embedding"
