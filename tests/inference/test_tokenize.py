@@ -11,6 +11,7 @@ import pytest
 import tokenizers
 
 from billing.models import LedgerEntry, UsageRecord
+from tests.factories import EmbeddingModelFactory
 from tests.jina_spec import assert_error_envelope
 
 TEXT = "Tokenize me, please: naïve café."
@@ -138,3 +139,14 @@ def test_the_input_size_is_bounded(post_tokenize, settings) -> None:
     assert response.status_code == 400
     assert "limit is 100" in response.json()["detail"]
     assert post_tokenize({"inputs": ["a" * 50, "b" * 50]}).status_code == 200
+
+
+def test_a_failure_after_admission_is_recorded_uncharged(post_tokenize, api_key) -> None:
+    EmbeddingModelFactory(name="gone", hugging_face_id="", source="/nonexistent/model")
+    entries = LedgerEntry.objects.filter(api_key=api_key).count()
+    response = post_tokenize({"prompt": TEXT, "model": "gone"})
+    assert response.status_code == 503
+    assert_error_envelope(response.json(), "SERVICE_UNAVAILABLE")
+    (row,) = UsageRecord.objects.filter(api_key=api_key)
+    assert (row.status, row.endpoint, row.charged_tokens) == ("failed", "tokenize", 0)
+    assert LedgerEntry.objects.filter(api_key=api_key).count() == entries  # nothing to refund
