@@ -292,6 +292,9 @@ EMBEDDINGS_DYNAMIC_BATCHING = env_bool("EMBEDDINGS_DYNAMIC_BATCHING", default=Tr
 EMBEDDINGS_BATCH_WAIT_MS = float(env_str("EMBEDDINGS_BATCH_WAIT_MS", "0"))
 # 2048: on CPU, smaller passes beat bigger ones (bench/cpu_backend.py --max-batch-tokens).
 EMBEDDINGS_MAX_BATCH_TOKENS = env_int("EMBEDDINGS_MAX_BATCH_TOKENS", 2048)
+# return_multivector answers a vector per token: at most this many tokens per request, which
+# bounds the response (16,384 × 384 floats is about 80 MB of JSON).
+EMBEDDINGS_MULTIVECTOR_MAX_TOKENS = env_int("EMBEDDINGS_MULTIVECTOR_MAX_TOKENS", 16_384)
 # /v1/tokenize reads at most this many characters per request (all its texts together).
 TOKENIZE_MAX_CHARACTERS = env_int("TOKENIZE_MAX_CHARACTERS", 1_000_000)
 # Active keys are cached this many seconds per process: a revocation reaches every process

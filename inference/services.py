@@ -138,6 +138,8 @@ def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
         raise ApiError(
             ErrorCode.INPUT_EMPTY, f"input[{exc.index}] has no tokens to embed.", param="input"
         ) from exc
+    if request.multivector:
+        _check_multivector_size(items)
     images = (
         {}
         if request.late_chunking
@@ -211,6 +213,19 @@ def _check_multivector(
         problem = ("input", "return_multivector works on text and token inputs only.")
     if problem is not None:
         raise ApiError(ErrorCode.INPUT_VALIDATION_ERROR, problem[1], param=problem[0])
+
+
+def _check_multivector_size(items: list[EmbedItem]) -> None:
+    """A vector per token makes a big answer: bounded, and refused (uncharged) above it."""
+    tokens = sum(len(item.token_ids) for item in items)
+    limit = settings.EMBEDDINGS_MULTIVECTOR_MAX_TOKENS
+    if tokens > limit:
+        raise ApiError(
+            ErrorCode.INPUT_TOKEN_LIMIT_EXCEEDED,
+            f"return_multivector answers a vector per token: this request has {tokens:,} "
+            f"tokens, over the limit of {limit:,} per request. Send fewer or shorter inputs.",
+            param="input",
+        )
 
 
 def _with_modalities(request: EmbeddingRequest, model: EmbeddingModel) -> list[EmbeddingInput]:

@@ -150,3 +150,13 @@ def test_batch_lines_answer_multivector_as_the_api_does(client, api_key, post_em
     for ours, theirs in zip(multi["data"], direct["data"], strict=True):
         np.testing.assert_allclose(ours["embeddings"], theirs["embeddings"], atol=1e-5)
     assert dense["data"][0]["object"] == "embedding"
+
+
+def test_the_number_of_token_vectors_is_bounded(post_embeddings, settings, api_key) -> None:
+    settings.EMBEDDINGS_MULTIVECTOR_MAX_TOKENS = 10
+    response = post_embeddings({"input": TEXTS, "return_multivector": True})
+    assert response.status_code == 400
+    assert_error_envelope(response.json(), "INPUT_TOKEN_LIMIT_EXCEEDED")
+    assert "limit of 10" in response.json()["detail"]
+    assert not api_key.usage_records.filter(charged_tokens__gt=0).exists()
+    assert post_embeddings({"input": "x", "return_multivector": True}).status_code == 200
