@@ -13,8 +13,8 @@ from rest_framework import serializers
 def only_public_api(
     endpoints: list[tuple[str, str, str, Any]], **kwargs: Any
 ) -> list[tuple[str, str, str, Any]]:
-    """Preprocessing hook: drop internal routes such as /internal/workers."""
-    return [endpoint for endpoint in endpoints if endpoint[0].startswith("/v1/")]
+    """Preprocessing hook: drop internal routes such as /internal/workers (/v2 is Cohere's rerank)."""
+    return [endpoint for endpoint in endpoints if endpoint[0].startswith(("/v1/", "/v2/"))]
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]

@@ -213,19 +213,19 @@ class CohereRerankRequestSerializer(serializers.Serializer):
         )
 
 
-class _TextDocSerializer(serializers.Serializer):
+class RerankDocumentSerializer(serializers.Serializer):
     text = serializers.CharField()
 
 
-class _JinaResultSerializer(serializers.Serializer):
+class JinaRerankResultSerializer(serializers.Serializer):
     index = serializers.IntegerField(help_text="Position of the document in the input list.")
     relevance_score = serializers.FloatField(
         help_text="Higher is more relevant: a cross-encoder's sigmoid, or a bi-encoder's cosine."
     )
-    document = _TextDocSerializer(required=False, help_text="When return_documents is true.")
+    document = RerankDocumentSerializer(required=False, help_text="When return_documents is true.")
 
 
-class _UsageSerializer(serializers.Serializer):
+class RerankUsageSerializer(serializers.Serializer):
     total_tokens = serializers.IntegerField(help_text="Exactly what is charged.")
 
 
@@ -234,38 +234,45 @@ class JinaRerankResponseSerializer(serializers.Serializer):
 
     model = serializers.CharField()
     object = serializers.CharField(default="list")
-    results = _JinaResultSerializer(many=True, help_text="Sorted by relevance_score, descending.")
-    usage = _UsageSerializer()
+    results = JinaRerankResultSerializer(
+        many=True, help_text="Sorted by relevance_score, descending."
+    )
+    usage = RerankUsageSerializer()
 
 
-class _CohereResultSerializer(serializers.Serializer):
+class CohereRerankResultSerializer(serializers.Serializer):
     index = serializers.IntegerField()
     relevance_score = serializers.FloatField()
 
 
-class _CohereUnitsSerializer(serializers.Serializer):
+class CohereBilledUnitsSerializer(serializers.Serializer):
     input_tokens = serializers.IntegerField(help_text="Exactly what is charged.")
     search_units = serializers.IntegerField(
         help_text="Cohere's unit (a query of up to 100 documents), for comparison; not billed."
     )
 
 
-class _CohereTokensSerializer(serializers.Serializer):
+class CohereTokensSerializer(serializers.Serializer):
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
 
 
-class _CohereMetaSerializer(serializers.Serializer):
-    billed_units = _CohereUnitsSerializer()
-    tokens = _CohereTokensSerializer()
+class CohereApiVersionSerializer(serializers.Serializer):
+    version = serializers.CharField()
+
+
+class CohereMetaSerializer(serializers.Serializer):
+    api_version = CohereApiVersionSerializer()
+    billed_units = CohereBilledUnitsSerializer()
+    tokens = CohereTokensSerializer()
 
 
 class CohereRerankResponseSerializer(serializers.Serializer):
     """Cohere's V2RerankResponse."""
 
     id = serializers.CharField()
-    results = _CohereResultSerializer(many=True)
-    meta = _CohereMetaSerializer()
+    results = CohereRerankResultSerializer(many=True)
+    meta = CohereMetaSerializer()
 
 
 def jina_rerank_body(*, result: RerankResult, request: RerankRequest) -> dict[str, Any]:

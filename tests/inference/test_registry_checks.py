@@ -138,6 +138,7 @@ def test_an_entry_whose_files_are_gone_can_still_be_disabled() -> None:
 def admin_form(**overrides: str) -> dict[str, str]:
     return {
         "name": "minilm",
+        "kind": "embedding",
         "backend": "cpu",
         "source": MINILM,
         "dimensions": "384",
