@@ -268,3 +268,52 @@ def test_the_registry_check_refuses_a_reranker_that_is_not_one(
         max_tokens=256,
     )
     assert "kind" in checkpoint_check(encoder).errors
+
+
+LONG_TEXTS = [
+    "word " * 3000,
+    "Ünïcödé façade naïve café " * 400,
+    "a" * 5000,  # one word longer than WordPiece reads: [UNK]
+    "日本語のテキストです。" * 500,
+    "x " * 10 + "e\u0301" * 2000,  # combining accents at every cut
+]
+
+
+@pytest.mark.parametrize("document", LONG_TEXTS, ids=range(len(LONG_TEXTS)))
+def test_truncated_pairs_are_what_hugging_face_truncates(cross_encoder_dir, document) -> None:
+    """Bounded counting reads a long document only partly; the ids are still exactly those of
+    the whole text truncated (Hugging Face's `only_second`)."""
+    from transformers import AutoTokenizer
+
+    from inference.pair_tokens import PairTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(cross_encoder_dir))
+    pairs = PairTokenizer.from_dir(cross_encoder_dir)
+    (pair,) = pairs.encode_pairs(QUERY, [document], max_tokens=MAX_TOKENS, truncate=True)
+    expected = reference(QUERY, document, truncation="only_second", max_length=MAX_TOKENS)
+    assert pair.token_ids == expected["input_ids"]
+    assert pair.type_ids == expected["token_type_ids"]
+    # The kept text tokenizes to the kept tokens (what a vLLM worker is sent).
+    again = reference(QUERY, pair.document)["input_ids"]
+    assert again == expected["input_ids"]
+
+
+def test_a_failed_rerank_is_not_charged(client, api_key, db, cross_encoder_dir, default_model):
+    EmbeddingModel.objects.create(
+        name="reranker-without-workers",
+        kind="reranker",
+        backend="vllm",
+        source=str(cross_encoder_dir),
+        dimensions=1,
+        max_tokens=MAX_TOKENS,
+    )
+    before = balance(api_key)
+    response = post(
+        client,
+        api_key,
+        "/v1/rerank",
+        {"model": "reranker-without-workers", "query": QUERY, "documents": DOCUMENTS},
+    )
+    assert response.status_code == 503, response.content
+    assert_error_envelope(response.json(), "SERVICE_UNAVAILABLE")
+    assert balance(api_key) == before
