@@ -2,9 +2,9 @@
 
 A few-shot classifier is a softmax over `weights @ x + bias`. Training is full-batch gradient
 descent with Adam steps and a little L2, warm-started from the classifier's previous weights
-when it is updated; each of `num_iters` iterations is one pass over the examples
-(`STEPS_PER_ITERATION` steps), so Jina's iteration count keeps its meaning — more passes, a
-closer fit — and training stays a bounded, deterministic amount of work.
+when it is updated. Each of `num_iters` iterations is one pass over all the examples (one
+step), so Jina's iteration count keeps its meaning — more passes, a closer fit — and training
+is a bounded, deterministic amount of work: num_iters × examples × labels × dimensions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-STEPS_PER_ITERATION = 10
 LEARNING_RATE = 0.1
 L2 = 1e-4
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
@@ -73,13 +72,13 @@ def softmax_regression_fit(
     """Fit to rows `x` (unit length) with class indexes `y`, from `start` or from zero."""
     n, dimensions = x.shape
     initial = (start or _zero(classes, dimensions)).with_classes(classes)
-    weights = initial.weights.astype(np.float64)
-    bias = initial.bias.astype(np.float64)
-    targets = np.zeros((n, classes))
+    weights = initial.weights.astype(np.float32)
+    bias = initial.bias.astype(np.float32)
+    targets = np.zeros((n, classes), np.float32)
     targets[np.arange(n), y] = 1.0
     moments = [np.zeros_like(weights), np.zeros_like(bias)]
     squares = [np.zeros_like(weights), np.zeros_like(bias)]
-    for step in range(1, iterations * STEPS_PER_ITERATION + 1):
+    for step in range(1, iterations + 1):
         error = (softmax(x @ weights.T + bias) - targets) / n
         gradients = [error.T @ x + L2 * weights, error.sum(axis=0)]
         for parameter, gradient, moment, square in zip(

@@ -61,7 +61,7 @@ class ClassifyApi(MeteredApiView):
             "POST /v1/train (yours, or a public one). `usage` is exactly what is charged: the "
             "inputs' tokens, plus the labels' on zero-shot."
         ),
-        request=CLASSIFY_REQUEST_SCHEMA,
+        request={"application/json": CLASSIFY_REQUEST_SCHEMA},
         responses={200: CLASSIFICATION_RESPONSE, **CLASSIFY_ERRORS},
         tags=TAGS,
         examples=[
@@ -111,7 +111,7 @@ class TrainApi(MeteredApiView):
             "Jina charges it: the examples' tokens × `num_iters`, which `usage` reports. "
             "Classifiers are private to your account unless `access` is public."
         ),
-        request=TRAIN_REQUEST_SCHEMA,
+        request={"application/json": TRAIN_REQUEST_SCHEMA},
         responses={200: TRAINING_RESPONSE, **CLASSIFY_ERRORS},
         tags=TAGS,
         examples=[

@@ -1,0 +1,82 @@
+"""Classification through a real gunicorn with the `requests` library: train, classify, list,
+delete, and every charge in the ledger."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests.classifiers.topics import held_out, training_items
+from tests.infra import Gateway, create_key
+from tests.jina_spec import assert_valid
+
+pytestmark = pytest.mark.e2e
+
+
+def test_train_classify_and_delete_on_a_live_server(gateways, tmp_path) -> None:
+    gateway = Gateway(tmp_path / "gw", workers=1, threads=4, env={}).start()
+    gateways.append(gateway)
+    owner = create_key(gateway, "--tokens", "100000", email="owner@example.com")
+    stranger = create_key(gateway, "--tokens", "100000", email="stranger@example.com")
+    session = requests.Session()
+
+    def post(path: str, body: dict, key: str = owner) -> requests.Response:
+        return session.post(
+            f"{gateway.url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=120,
+        )
+
+    trained = post("/v1/train", {"input": training_items(), "num_iters": 3})
+    assert trained.status_code == 200, trained.text
+    assert_valid(trained.json(), "TrainingResponse")
+    classifier_id = trained.json()["classifier_id"]
+
+    texts, truth = held_out()
+    few_shot = post("/v1/classify", {"classifier_id": classifier_id, "input": texts})
+    assert few_shot.status_code == 200, few_shot.text
+    assert_valid(few_shot.json(), "ClassificationResponse")
+    predicted = [item["prediction"] for item in few_shot.json()["data"]]
+    assert sum(p == t for p, t in zip(predicted, truth, strict=True)) >= 0.8 * len(truth)
+
+    zero_shot = post("/v1/classify", {"input": texts[:3], "labels": ["sports", "cooking"]})
+    assert zero_shot.status_code == 200, zero_shot.text
+    assert_valid(zero_shot.json(), "ClassificationResponse")
+    assert zero_shot.headers["X-RateLimit-Limit-Requests"]
+
+    assert (
+        post("/v1/classify", {"classifier_id": classifier_id, "input": "x"}, stranger).status_code
+        == 404
+    )
+    listed = session.get(
+        f"{gateway.url}/v1/classifiers", headers={"Authorization": f"Bearer {owner}"}
+    )
+    assert [item["classifier_id"] for item in listed.json()] == [classifier_id]
+    deleted = session.delete(
+        f"{gateway.url}/v1/classifiers/{classifier_id}/",
+        headers={"Authorization": f"Bearer {owner}"},
+    )
+    assert deleted.status_code == 200, deleted.text
+    assert post("/v1/classify", {"classifier_id": classifier_id, "input": "x"}).status_code == 404
+
+    # The balance fell by exactly the usage the three served requests reported.
+    charged = sum(r.json()["usage"]["total_tokens"] for r in (trained, few_shot, zero_shot))
+    script = (
+        "import json; from metering.selectors import api_key_get_active; "
+        "from billing.models import UsageRecord; "
+        f"k = api_key_get_active(key={owner!r}); "
+        "rows = UsageRecord.objects.filter(api_key=k, status='succeeded'); "
+        "print(json.dumps({'balance': k.balance, "
+        "'endpoints': sorted(rows.values_list('endpoint', flat=True)), "
+        "'charged': sum(rows.values_list('charged_tokens', flat=True))}))"
+    )
+    state = json.loads(gateway.manage("shell", "-c", script).stdout.strip().splitlines()[-1])
+    assert state == {
+        "balance": 100000 - charged,
+        "endpoints": ["classify", "classify", "train"],
+        "charged": charged,
+    }
+    assert gateway.manage("ledger_check", check=False).returncode == 0
