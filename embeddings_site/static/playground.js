@@ -1,5 +1,10 @@
-// The playground: builds one /v1/embeddings request, sends it with the user's key, shows the
-// response, its usage and cost, a cosine-similarity heatmap and code that repeats the request.
+// The playground: three tabs, one per operation, on one key. Embed builds a /v1/embeddings
+// request and shows a cosine-similarity heatmap; Rerank sends a query and documents to
+// /v1/rerank and shows them ranked with their scores; Classify sends inputs and labels to
+// /v1/classify and shows each input's labels with scores, the prediction highlighted. Every tab
+// shows the response, its usage and cost, and code that repeats the request.
+// (No inline handlers or style attributes: the page's CSP refuses them. Bars and heat are set
+// through element.style, which it allows.)
 (function () {
   "use strict";
   const KEY_STORAGE = "embeddings.playground.key";
@@ -24,9 +29,10 @@
   });
 
   // --- model and options -------------------------------------------------------------------
+  const serving = (operation) => models.filter((model) => (model.operations || ["embeddings"]).includes(operation));
   const modelSelect = $("#pg-model");
-  for (const model of models) modelSelect.add(new Option(`${model.name} (${model.dimensions}-d)`, model.name));
-  const currentModel = () => models.find((model) => model.name === modelSelect.value) || models[0];
+  for (const model of serving("embeddings")) modelSelect.add(new Option(`${model.name} (${model.dimensions}-d)`, model.name));
+  const currentModel = () => models.find((model) => model.name === modelSelect.value) || serving("embeddings")[0];
   function modelChanged() {
     const model = currentModel();
     const task = $("#pg-task");
@@ -39,6 +45,46 @@
     render();
   }
   modelSelect.addEventListener("change", modelChanged);
+
+  // --- operations: one tab each, the models that serve it ----------------------------------
+  const OPERATIONS = {
+    embed: { serves: "embeddings", path: "/v1/embeddings", run: "Embed", busy: "Embedding…", snippets: ["curl", "openai", "requests"] },
+    rerank: { serves: "rerank", path: "/v1/rerank", run: "Rerank", busy: "Reranking…", snippets: ["curl", "requests", "cohere"] },
+    classify: { serves: "classify", path: "/v1/classify", run: "Classify", busy: "Classifying…", snippets: ["curl", "requests"] },
+  };
+  const operationModels = { embed: modelSelect, rerank: $("#pg-rerank-model"), classify: $("#pg-classify-model") };
+  for (const name of ["rerank", "classify"]) {
+    for (const model of serving(OPERATIONS[name].serves)) operationModels[name].add(new Option(model.name, model.name));
+    operationModels[name].addEventListener("change", render);
+  }
+  let operation = "embed";
+  // What each tab showed last, so that switching back finds its result again.
+  const shown = { embed: null, rerank: null, classify: null };
+  function showOperation(name) {
+    operation = OPERATIONS[name] ? name : "embed";
+    form.dataset.operation = operation;
+    document.querySelectorAll(".op-tab").forEach((tab) => {
+      const active = tab.dataset.operation === operation;
+      tab.classList.toggle("active", active);
+      tab.setAttribute("aria-selected", active ? "true" : "false");
+    });
+    document.querySelectorAll("[data-pane]").forEach((pane) => { pane.hidden = pane.dataset.pane !== operation; });
+    const none = !operationModels[operation].length;
+    $("#pg-no-model").hidden = !none;
+    $("#pg-run").disabled = none;
+    $("#pg-run").textContent = OPERATIONS[operation].run;
+    // Each operation's SDK: openai's embeds, Cohere's (v2) reranks; classify has none.
+    const offered = OPERATIONS[operation].snippets;
+    document.querySelectorAll(".tab").forEach((tab) => { tab.hidden = !offered.includes(tab.dataset.tab); });
+    const current = document.querySelector(".tab.active");
+    if (current && !offered.includes(current.dataset.tab)) showSnippet("curl");
+    showResult(shown[operation]);
+    render();
+  }
+  document.querySelectorAll(".op-tab").forEach((tab) => tab.addEventListener("click", () => {
+    showOperation(tab.dataset.operation);
+    history.replaceState(null, "", tab.dataset.operation === "embed" ? window.location.pathname : `#${tab.dataset.operation}`);
+  }));
 
   // --- inputs ------------------------------------------------------------------------------
   let inputs = [
@@ -92,7 +138,22 @@
   });
 
   // --- the request -------------------------------------------------------------------------
+  const lines = (selector) => $(selector).value.split("\n").map((line) => line.trim()).filter(Boolean);
+  function rerankBody() {
+    const body = { model: operationModels.rerank.value, query: $("#pg-rerank-query").value, documents: lines("#pg-rerank-documents") };
+    const topN = parseInt($("#pg-rerank-top-n").value, 10);
+    if (topN > 0) body.top_n = topN;
+    body.return_documents = $("#pg-rerank-return-documents").checked;
+    return body;
+  }
+  function classifyBody() {
+    const classifier = $("#pg-classifier-id").value.trim();
+    if (classifier) return { classifier_id: classifier, input: lines("#pg-classify-inputs") };
+    return { model: operationModels.classify.value, input: lines("#pg-classify-inputs"), labels: lines("#pg-classify-labels") };
+  }
   function requestBody() {
+    if (operation === "rerank") return rerankBody();
+    if (operation === "classify") return classifyBody();
     const body = { model: modelSelect.value };
     body.input = inputs.map((item) => (item.kind === "text" ? item.value : { image: item.value }));
     const task = $("#pg-task").value;
@@ -123,9 +184,24 @@
   }
 
   function snippets(body) {
+    const path = OPERATIONS[operation].path;
     const json = JSON.stringify(body, null, 2);
-    const curl = `curl ${origin}/v1/embeddings \\\n  -H "Content-Type: application/json" \\\n` +
+    const curl = `curl ${origin}${path} \\\n  -H "Content-Type: application/json" \\\n` +
       `  -H "Authorization: Bearer $EMBEDDINGS_API_KEY" \\\n  -d @- <<'JSON'\n${json}\nJSON\n`;
+    const requests = `import json\nimport os\n\nimport requests\n\nresponse = requests.post(\n` +
+      `    "${origin}${path}",\n` +
+      `    headers={"Authorization": f"Bearer {os.environ['EMBEDDINGS_API_KEY']}"},\n` +
+      `    json=${python(body, 1)},\n    timeout=60,\n)\nprint(json.dumps(response.json(), indent=2))\n`;
+    if (operation === "rerank") {
+      const args = [`    model=${python(body.model, 1)},`, `    query=${python(body.query, 1)},`,
+        `    documents=${python(body.documents, 1)},`];
+      if ("top_n" in body) args.push(`    top_n=${body.top_n},`);
+      const cohere = `import os\n\nimport cohere\n\n` +
+        `client = cohere.ClientV2(api_key=os.environ["EMBEDDINGS_API_KEY"], base_url="${origin}")\n` +
+        `response = client.rerank(\n${args.join("\n")}\n)\nprint(response.model_dump_json(indent=2))\n`;
+      return { curl, openai: "", requests, cohere };
+    }
+    if (operation !== "embed") return { curl, openai: "", requests, cohere: "" };
     const extra = {};
     for (const name of ["task", "normalized", "truncate", "late_chunking"]) if (name in body) extra[name] = body[name];
     const args = [`    model=${python(body.model, 1)},`, `    input=${python(body.input, 1)},`,
@@ -135,18 +211,16 @@
     const openai = `import os\n\nfrom openai import OpenAI\n\n` +
       `client = OpenAI(api_key=os.environ["EMBEDDINGS_API_KEY"], base_url="${origin}/v1")\n` +
       `response = client.embeddings.create(\n${args.join("\n")}\n)\nprint(response.model_dump_json(indent=2))\n`;
-    const requests = `import json\nimport os\n\nimport requests\n\nresponse = requests.post(\n` +
-      `    "${origin}/v1/embeddings",\n` +
-      `    headers={"Authorization": f"Bearer {os.environ['EMBEDDINGS_API_KEY']}"},\n` +
-      `    json=${python(body, 1)},\n    timeout=60,\n)\nprint(json.dumps(response.json(), indent=2))\n`;
-    return { curl, openai, requests };
+    return { curl, openai, requests, cohere: "" };
   }
 
   function render() {
     const code = snippets(requestBody());
     for (const name of Object.keys(code)) $(`#snippet-${name}`).textContent = code[name];
   }
-  for (const id of ["#pg-task", "#pg-dimensions", "#pg-type", "#pg-normalized", "#pg-truncate", "#pg-late-chunking"]) {
+  for (const id of ["#pg-task", "#pg-dimensions", "#pg-type", "#pg-normalized", "#pg-truncate", "#pg-late-chunking",
+    "#pg-rerank-query", "#pg-rerank-documents", "#pg-rerank-top-n", "#pg-rerank-return-documents",
+    "#pg-classify-inputs", "#pg-classify-labels", "#pg-classifier-id"]) {
     $(id).addEventListener("change", render);
     $(id).addEventListener("input", render);
   }
@@ -204,18 +278,126 @@
     $("#pg-heatmap").replaceChildren(table);
   }
 
+  // --- rerank: the documents ranked, with their scores as bars ---------------------------
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+  function bar(fraction) {
+    const track = element("div", "score-bar");
+    const fill = element("span");
+    fill.style.width = `${(100 * Math.max(0, Math.min(1, fraction))).toFixed(1)}%`;
+    track.append(fill);
+    return track;
+  }
+  // Bars from 0 (or the lowest score, if negative: cosine) to 1 (or the highest, if above: logits).
+  function scaleOf(scores) {
+    const low = Math.min(0, ...scores), high = Math.max(1, ...scores);
+    return (score) => (high > low ? (score - low) / (high - low) : 0);
+  }
+  function documentText(result, documents) {
+    const doc = result.document;
+    if (typeof doc === "string") return doc;
+    if (doc && typeof doc.text === "string") return doc.text;
+    return documents[result.index] ?? "";
+  }
+  function ranking(results, documents) {
+    const scale = scaleOf(results.map((result) => result.relevance_score));
+    const list = element("ol", "ranking");
+    list.id = "pg-ranking-list";
+    for (const result of results) {
+      const item = element("li", "ranked");
+      item.dataset.index = result.index;
+      item.dataset.score = result.relevance_score;
+      const row = element("div", "score-row");
+      const text = element("span", "score-text", documentText(result, documents));
+      const score = element("span", "score", result.relevance_score.toFixed(4));
+      score.title = `document ${result.index + 1}, relevance_score ${result.relevance_score}`;
+      row.append(text, score);
+      item.append(row, element("div", "muted small", `document ${result.index + 1}`), bar(scale(result.relevance_score)));
+      list.append(item);
+    }
+    $("#pg-ranking").replaceChildren(list);
+  }
+
+  // --- classify: each input's labels with scores, the prediction highlighted ---------------
+  function labelScores(predictions, predicted) {
+    const list = element("ul", "label-scores");
+    for (const entry of [...predictions].sort((a, b) => b.score - a.score)) {
+      const item = element("li", entry.label === predicted ? "label-score prediction" : "label-score");
+      item.dataset.label = entry.label;
+      item.dataset.score = entry.score;
+      const row = element("div", "score-row");
+      const name = element("span", "score-text", entry.label);
+      if (entry.label === predicted) name.append(" ", element("span", "badge ok", "prediction"));
+      row.append(name, element("span", "score", entry.score.toFixed(4)));
+      item.append(row, bar(entry.score));
+      list.append(item);
+    }
+    return list;
+  }
+  function classifications(data, texts) {
+    const box = element("div");
+    box.id = "pg-labels-list";
+    for (const result of data) {
+      const section = element("section", "classification");
+      section.dataset.index = result.index;
+      section.append(element("p", "classified-input", texts[result.index] ?? `Input ${result.index + 1}`));
+      if (Array.isArray(result.predictions)) {
+        section.dataset.prediction = result.prediction;
+        section.append(labelScores(result.predictions, result.prediction));
+      } else {  // label groups: a prediction per group
+        for (const [group, predictions] of Object.entries(result.predictions || {})) {
+          section.append(element("p", "label-group", group), labelScores(predictions, result.prediction?.[group]));
+        }
+      }
+      box.append(section);
+    }
+    $("#pg-labels").replaceChildren(box);
+  }
+
+  // --- the response, usage and cost (shared by the tabs) -----------------------------------
+  function showResult(state) {
+    $("#pg-error").hidden = true;
+    if (!state) {
+      $("#pg-usage").textContent = "Run a request to see its usage and cost.";
+      delete $("#pg-usage").dataset.totalTokens;
+      $("#pg-response").textContent = "{}";
+      return;
+    }
+    $("#pg-response").textContent = JSON.stringify(state.data, null, 2);
+    if (state.error) {
+      $("#pg-error").hidden = false;
+      $("#pg-error").textContent = state.error;
+      return;
+    }
+    const usage = state.data.usage || {};
+    const model = models.find((entry) => entry.name === state.model);
+    const cost = (usage.total_tokens || 0) * (model?.price || 0) / 1e6;
+    $("#pg-usage").replaceChildren(
+      Object.assign(document.createElement("strong"), { id: "pg-total-tokens", textContent: `${usage.total_tokens} tokens` }),
+      ` charged · ${usage.prompt_tokens ?? usage.total_tokens} prompt` +
+      (usage.image_tokens ? ` · ${usage.image_tokens} image` : "") +
+      (model ? ` · about $${cost.toFixed(6)} at $${model.price} per 1M tokens` : ""));
+    $("#pg-usage").dataset.totalTokens = usage.total_tokens;
+  }
+
   // --- run ---------------------------------------------------------------------------------
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const key = keyInput.value.trim();
     localStorage.setItem(KEY_STORAGE, key);
+    const ran = operation;  // the tab may change while the request is out
     const body = requestBody();
     render();
     $("#pg-run").disabled = true;
-    $("#pg-status").textContent = "Embedding…";
+    $("#pg-status").textContent = OPERATIONS[ran].busy;
     $("#pg-error").hidden = true;
+    let state;
     try {
-      const response = await fetch(`${origin}/v1/embeddings`, {
+      const response = await fetch(`${origin}${OPERATIONS[ran].path}`, {
         method: "POST",
         headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
         body: JSON.stringify(body),
@@ -223,41 +405,37 @@
       const text = await response.text();
       let data;
       try { data = JSON.parse(text); } catch { data = { detail: text }; }
-      $("#pg-response").textContent = JSON.stringify(data, null, 2);
+      state = { data, model: body.model || data.model };
       if (!response.ok) {
-        $("#pg-error").hidden = false;
-        $("#pg-error").textContent = `${response.status} ${data.code || ""}: ${data.detail || data.error?.message || text}`;
-        $("#pg-status").textContent = "";
-        return;
+        state.error = `${response.status} ${data.code || ""}: ${data.detail || data.error?.message || text}`;
+      } else if (ran === "rerank") {
+        ranking(data.results || [], body.documents);
+      } else if (ran === "classify") {
+        classifications(data.data || [], body.input);
+      } else {
+        const type = body.embedding_type;
+        const vectors = data.data.map((item) => vectorOf(item.embedding, type));
+        if (vectors.every(Boolean)) heatmap(vectors);
       }
-      const usage = data.usage || {};
-      const model = currentModel();
-      const cost = (usage.total_tokens || 0) * (model?.price || 0) / 1e6;
-      $("#pg-usage").innerHTML = "";
-      $("#pg-usage").append(
-        Object.assign(document.createElement("strong"), { id: "pg-total-tokens", textContent: `${usage.total_tokens} tokens` }),
-        ` charged · ${usage.prompt_tokens ?? usage.total_tokens} prompt` +
-        (usage.image_tokens ? ` · ${usage.image_tokens} image` : "") +
-        ` · about $${cost.toFixed(6)} at $${model?.price ?? 0} per 1M tokens`);
-      $("#pg-usage").dataset.totalTokens = usage.total_tokens;
-      const type = body.embedding_type;
-      const vectors = data.data.map((item) => vectorOf(item.embedding, type));
-      if (vectors.every(Boolean)) heatmap(vectors);
-      $("#pg-status").textContent = `Done · request ${response.headers.get("X-Request-ID") || ""}`;
+      state.status = state.error ? "" : `Done · request ${response.headers.get("X-Request-ID") || ""}`;
     } catch (error) {
-      $("#pg-error").hidden = false;
-      $("#pg-error").textContent = String(error);
-      $("#pg-status").textContent = "";
+      state = { data: {}, error: String(error), status: "" };
     } finally {
-      $("#pg-run").disabled = false;
+      $("#pg-run").disabled = !operationModels[operation].length;
+    }
+    shown[ran] = state;
+    if (operation === ran) {
+      showResult(state);
+      $("#pg-status").textContent = state.status;
     }
   });
 
   // --- snippet tabs and copy buttons -------------------------------------------------------
-  document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => {
-    document.querySelectorAll(".snippet").forEach((box) => { box.hidden = box.dataset.snippet !== tab.dataset.tab; });
-    document.querySelectorAll(".tab").forEach((other) => other.classList.toggle("active", other === tab));
-  }));
+  function showSnippet(name) {
+    document.querySelectorAll(".snippet").forEach((box) => { box.hidden = box.dataset.snippet !== name; });
+    document.querySelectorAll(".tab").forEach((other) => other.classList.toggle("active", other.dataset.tab === name));
+  }
+  document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => showSnippet(tab.dataset.tab)));
   document.querySelectorAll("[data-copy]").forEach((button) => button.addEventListener("click", async () => {
     const text = $(button.dataset.copy).textContent;
     try { await navigator.clipboard.writeText(text); button.textContent = "Copied"; }
@@ -267,4 +445,6 @@
 
   renderInputs();
   modelChanged();
+  showOperation(window.location.hash.slice(1));
+  window.addEventListener("hashchange", () => showOperation(window.location.hash.slice(1)));
 })();
