@@ -1,6 +1,10 @@
 """Prometheus metrics (prometheus-client) and the /metrics endpoint, which is not public:
 it answers a bearer METRICS_TOKEN, or a signed-in staff user, and 404 to everyone else.
 
+Every metered request's samples carry its `endpoint` (the API view's: embeddings, rerank,
+classify, train, tokenize), so one operation's traffic, tokens, errors and latency can be
+watched apart from the others'.
+
 With several gunicorn workers, set PROMETHEUS_MULTIPROC_DIR to an empty directory: every
 process writes its samples there and /metrics adds them up.
 """

@@ -102,3 +102,21 @@ def test_requests_tokens_errors_and_latency_carry_the_endpoint(
     # ...and none of it is counted under another endpoint.
     for other in {"embeddings", "rerank", "classify"} - {endpoint}:
         assert moved("embeddings_requests_total", endpoint=other, model=model, status="200") == 0
+
+
+def test_tokenize_is_counted_under_its_endpoint_and_charges_nothing(
+    metrics: None, default_model: Any
+) -> None:
+    model = default_model.name
+    api_key = ApiKeyFactory()
+    before = scrape()
+    response = post(api_key, "/v1/tokenize", {"model": model, "prompt": "Count these tokens."})
+    assert response.status_code == 200, response.content
+    after = scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert moved("embeddings_requests_total", endpoint="tokenize", model=model, status="200") == 1
+    assert moved("embeddings_tokens_total", endpoint="tokenize") == 0
+    assert moved("embeddings_requests_total", endpoint="embeddings") == 0
