@@ -8,6 +8,10 @@ from django.db.models import Q, QuerySet
 
 from classifiers.models import Classifier
 
+# A classifier's training examples are read only to retrain it (classifier_train locks and
+# reads the whole row); every other read leaves them, up to megabytes, in the database.
+_EXAMPLES = ("examples", "example_labels")
+
 
 def _classifier_uuid(classifier_id: str) -> uuid.UUID | None:
     try:
@@ -22,7 +26,7 @@ def classifier_get_owned(*, owner_id: int, classifier_id: str) -> Classifier | N
     pk = _classifier_uuid(classifier_id)
     if pk is None:
         return None
-    return Classifier.objects.filter(pk=pk, owner_id=owner_id).first()
+    return Classifier.objects.filter(pk=pk, owner_id=owner_id).defer(*_EXAMPLES).first()
 
 
 def classifier_get_usable(*, user_id: int, classifier_id: str) -> Classifier | None:
@@ -32,6 +36,7 @@ def classifier_get_usable(*, user_id: int, classifier_id: str) -> Classifier | N
         return None
     return (
         Classifier.objects.filter(pk=pk)
+        .defer(*_EXAMPLES)
         .filter(Q(owner_id=user_id) | Q(access=Classifier.Access.PUBLIC))
         .first()
     )
@@ -39,4 +44,4 @@ def classifier_get_usable(*, user_id: int, classifier_id: str) -> Classifier | N
 
 def classifier_list(*, owner_id: int) -> QuerySet[Classifier]:
     """The owner's classifiers, newest first (others' public ones are not listed)."""
-    return Classifier.objects.filter(owner_id=owner_id).defer("examples", "example_labels")
+    return Classifier.objects.filter(owner_id=owner_id).defer(*_EXAMPLES, "weights", "bias")

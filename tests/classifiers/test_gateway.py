@@ -4,6 +4,8 @@ delete, and every charge in the ledger."""
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -79,4 +81,47 @@ def test_train_classify_and_delete_on_a_live_server(gateways, tmp_path) -> None:
         "endpoints": ["classify", "classify", "train"],
         "charged": charged,
     }
+    assert gateway.manage("ledger_check", check=False).returncode == 0
+
+
+def test_concurrent_updates_of_one_classifier_all_apply_on_postgres(
+    gateways, postgres_url, tmp_path
+) -> None:
+    gateway = Gateway(
+        tmp_path / "gw", workers=2, threads=4, env={"DATABASE_URL": postgres_url}
+    ).start()
+    gateways.append(gateway)
+    key = create_key(gateway, "--tokens", "1000000", "--concurrency", "10")
+    headers = {"Authorization": f"Bearer {key}"}
+    items = training_items()
+    created = requests.post(
+        f"{gateway.url}/v1/train",
+        json={"input": items[:6], "num_iters": 2},
+        headers=headers,
+        timeout=120,
+    )
+    assert created.status_code == 200, created.text
+    classifier_id = created.json()["classifier_id"]
+    batches = [items[6 + 6 * i : 12 + 6 * i] for i in range(4)]
+    barrier = threading.Barrier(len(batches))
+
+    def update(batch: list[dict]) -> requests.Response:
+        barrier.wait()
+        return requests.post(
+            f"{gateway.url}/v1/train",
+            json={"classifier_id": classifier_id, "input": batch, "num_iters": 2},
+            headers=headers,
+            timeout=120,
+        )
+
+    with ThreadPoolExecutor(max_workers=len(batches)) as pool:
+        responses = list(pool.map(update, batches))
+
+    assert [r.status_code for r in responses] == [200] * 4, [r.text for r in responses]
+    summary = requests.get(
+        f"{gateway.url}/v1/classifiers/{classifier_id}", headers=headers, timeout=30
+    ).json()
+    # No update was lost: each one retrained on everything committed before it.
+    assert summary["updated_number"] == 4
+    assert summary["metadata_"]["num_samples"] == 30
     assert gateway.manage("ledger_check", check=False).returncode == 0
