@@ -262,3 +262,42 @@ def test_the_rerank_and_classify_results_fit_a_phone(live_server: Any, browser: 
         shot(phone, f"mobile-playground-{tab}")
     context.close()
     assert not refused, f"the Content-Security-Policy refused: {refused}"
+
+
+def test_classify_with_a_trained_classifier_shows_its_labels_and_predictions(
+    live_server: Any, page: Any
+) -> None:
+    from tests.classifiers.topics import HELD_OUT, training_items
+
+    EmbeddingModelFactory()
+    api_key = ApiKeyFactory()
+    base = live_server.url
+    trained = api(
+        base,
+        "/v1/train",
+        api_key.plaintext,
+        {"model": MODEL, "input": training_items(), "num_iters": 3},
+    )
+    inputs = [HELD_OUT["astronomy"][0], HELD_OUT["sports"][0]]
+    expected = api(
+        base,
+        "/v1/classify",
+        api_key.plaintext,
+        {"classifier_id": trained["classifier_id"], "input": inputs},
+    )
+    page.goto(f"{base}/#classify")
+    page.fill("#pg-key", api_key.plaintext)
+    page.fill("#pg-classifier-id", trained["classifier_id"])
+    page.fill("#pg-classify-inputs", "\n".join(inputs))
+    page.click("#pg-run")
+    page.wait_for_selector("#pg-labels-list")
+    shot(page, "playground-classify-few-shot")
+    sent = json.loads((page.text_content("#snippet-curl") or "").split("<<'JSON'\n")[1][:-6])
+    assert sent == {"classifier_id": trained["classifier_id"], "input": inputs}
+    sections = page.query_selector_all("#pg-labels-list section.classification")
+    assert [s.get_attribute("data-prediction") for s in sections] == [
+        item["prediction"] for item in expected["data"]
+    ]
+    for section, item in zip(sections, expected["data"], strict=True):
+        labels = [e.get_attribute("data-label") for e in section.query_selector_all("li")]
+        assert sorted(labels) == sorted(p["label"] for p in item["predictions"])
