@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from billing.models import UsageRecord
 from tests.classifiers.topics import training_items
 from tests.jina_spec import assert_error_envelope
 
@@ -19,6 +20,15 @@ def assert_refused(call, api_key, path: str, body, status: int, code: str, **kwa
     assert_error_envelope(response.json(), code)
     api_key.refresh_from_db()
     assert api_key.balance == before
+    # Refused, and recorded as a refusal of this endpoint with nothing charged.
+    row = UsageRecord.objects.filter(api_key=api_key).latest("created_at")
+    assert (row.endpoint, row.status, row.http_status, row.error_code, row.charged_tokens) == (
+        path.removeprefix("/v1/"),
+        UsageRecord.Status.FAILED,
+        status,
+        code,
+        0,
+    )
     return response.json()
 
 
