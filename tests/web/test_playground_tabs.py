@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from billing.models import ApiKey
+from billing.services import api_key_grant
 from inference.models import EmbeddingModel
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory
 from tests.web import test_browser as browser_tests
@@ -301,3 +302,41 @@ def test_classify_with_a_trained_classifier_shows_its_labels_and_predictions(
     for section, item in zip(sections, expected["data"], strict=True):
         labels = [e.get_attribute("data-label") for e in section.query_selector_all("li")]
         assert sorted(labels) == sorted(p["label"] for p in item["predictions"])
+
+
+def test_what_the_tabs_ran_shows_on_the_dashboard_by_endpoint(live_server: Any, page: Any) -> None:
+    from billing.models import User
+
+    EmbeddingModelFactory()
+    user = User.objects.create_user(email="tabs@example.com", password=browser_tests.PASSWORD)
+    api_key = ApiKeyFactory(user=user)
+    api_key_grant(api_key=api_key, tokens=10_000, note="an unverified account's key starts empty")
+    base = live_server.url
+    browser_tests.log_in(page, base, "tabs@example.com")
+    page.goto(f"{base}/")
+    page.fill("#pg-key", api_key.plaintext)
+    charged = {}
+    for tab, result in (("rerank", "#pg-ranking-list"), ("classify", "#pg-labels-list")):
+        page.click(f"#pg-tab-{tab}")
+        page.click("#pg-run")
+        page.wait_for_selector(result)
+        charged[tab] = json.loads(page.text_content("#pg-response") or "{}")["usage"][
+            "total_tokens"
+        ]
+    page.click("#pg-tab-embed")
+    page.click("#pg-run")
+    page.wait_for_selector("#pg-heatmap-table")
+    charged["embeddings"] = json.loads(page.text_content("#pg-response") or "{}")["usage"][
+        "total_tokens"
+    ]
+
+    for path in ("/dashboard/", f"/dashboard/keys/{api_key.pk}/"):
+        page.goto(f"{base}{path}")
+        shown = {
+            row.get_attribute("data-endpoint"): int(
+                row.query_selector("td[data-tokens]").get_attribute("data-tokens")
+            )
+            for row in page.query_selector_all("#usage-by-endpoint tr[data-endpoint]")
+        }
+        assert shown == charged, path
+    shot(page, "key-detail-by-endpoint")
