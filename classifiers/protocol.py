@@ -21,7 +21,7 @@ from rest_framework import serializers
 
 from embeddings_site.api_schema import NON_BLANK_PATTERN
 from embeddings_site.errors import ErrorCode
-from inference.protocol import ImageInput, StrictCharField, TextInput
+from inference.protocol import ImageInput, StrictBooleanField, StrictCharField, TextInput
 
 # The settings' defaults, as the schema states them (embeddings_site/settings.py).
 MAX_INPUTS = 512
@@ -124,6 +124,11 @@ _CLASSIFIER_ID: dict[str, Any] = {
     "maxLength": MAX_ID_CHARS,
     "description": "A classifier from POST /v1/train.",
 }
+_TRUNCATE: dict[str, Any] = {
+    "type": "boolean",
+    "default": False,
+    "description": "Cut inputs over the model's token limit to it, instead of a 400.",
+}
 CLASSIFY_REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["input"],
@@ -132,6 +137,7 @@ CLASSIFY_REQUEST_SCHEMA: dict[str, Any] = {
         "input": INPUT_SCHEMA,
         "labels": LABELS_SCHEMA,
         "classifier_id": _CLASSIFIER_ID,
+        "truncate": _TRUNCATE,
     },
     # Zero-shot (labels) or few-shot (a trained classifier): exactly one of them.
     "oneOf": [{"required": ["labels"]}, {"required": ["classifier_id"]}],
@@ -156,6 +162,7 @@ TRAIN_REQUEST_SCHEMA: dict[str, Any] = {
             "default": DEFAULT_ITERS,
             "description": "Training passes over the examples; charged tokens × num_iters.",
         },
+        "truncate": _TRUNCATE,
     },
 }
 
@@ -174,6 +181,7 @@ class ClassifyRequest:
     model: str | None = None
     groups: list[LabelGroup] | None = None
     classifier_id: str | None = None
+    truncate: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,7 @@ class TrainRequest:
     classifier_id: str | None = None
     access: str | None = None
     num_iters: int = DEFAULT_ITERS
+    truncate: bool = False
 
 
 def _is_blank(text: str) -> bool:
@@ -357,6 +366,7 @@ class ClassifyRequestSerializer(serializers.Serializer):
     input = ClassifyInputField()
     labels = LabelsField(required=False)
     classifier_id = StrictCharField(required=False, max_length=MAX_ID_CHARS)
+    truncate = StrictBooleanField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if ("labels" in attrs) == ("classifier_id" in attrs):
@@ -375,6 +385,7 @@ class ClassifyRequestSerializer(serializers.Serializer):
             model=data.get("model") or None,
             groups=data.get("labels"),
             classifier_id=data.get("classifier_id"),
+            truncate=bool(data.get("truncate")),
         )
 
 
@@ -386,6 +397,7 @@ class TrainRequestSerializer(serializers.Serializer):
     input = TrainingInputField()
     access = serializers.ChoiceField(choices=["private", "public"], required=False)
     num_iters = NumItersField(required=False)
+    truncate = StrictBooleanField(required=False)
 
     def to_request(self) -> TrainRequest:
         data = self.validated_data
@@ -395,4 +407,5 @@ class TrainRequestSerializer(serializers.Serializer):
             classifier_id=data.get("classifier_id"),
             access=data.get("access"),
             num_iters=data.get("num_iters") or settings.TRAIN_DEFAULT_ITERS,
+            truncate=bool(data.get("truncate")),
         )

@@ -58,8 +58,12 @@ def _task(model: EmbeddingModel) -> str | None:
     return "classification" if "classification" in model.tasks else None
 
 
-def _count(model: EmbeddingModel, inputs: list[ClassifyInput]) -> CountedRequest:
-    request = EmbeddingRequest(inputs=list(inputs), model=model.name, task=_task(model))
+def _count(
+    model: EmbeddingModel, inputs: list[ClassifyInput], *, truncate: bool = False
+) -> CountedRequest:
+    request = EmbeddingRequest(
+        inputs=list(inputs), model=model.name, task=_task(model), truncate=truncate
+    )
     return embedding_request_count(request=request)
 
 
@@ -91,7 +95,9 @@ def _label_path(groups: list[LabelGroup], flat_index: int) -> str:
     for group in groups:
         if flat_index < len(group.labels):
             return (
-                f"labels[{group.name!r}][{flat_index}]" if group.name else f"labels[{flat_index}]"
+                f"labels[{group.name!r}][{flat_index}]"
+                if group.name is not None
+                else f"labels[{flat_index}]"
             )
         flat_index -= len(group.labels)
     return "labels"
@@ -103,6 +109,8 @@ def _count_labels(model: EmbeddingModel, groups: list[LabelGroup]) -> CountedReq
     try:
         return _count(model, labels)
     except ApiError as exc:
+        if exc.code not in (ErrorCode.INPUT_TOKEN_LIMIT_EXCEEDED, ErrorCode.INPUT_EMPTY):
+            raise
         match = _INPUT_INDEX.search(exc.message)
         where = _label_path(groups, int(match.group(1))) if match else "A label"
         reason = (
@@ -183,7 +191,7 @@ class ClassifyOperation:
     def count(self) -> Cost:
         if self.model is None:
             raise RuntimeError("count() before model_name()")
-        self.inputs = _count(self.model, self.request.inputs)
+        self.inputs = _count(self.model, self.request.inputs, truncate=self.request.truncate)
         text, images = self.inputs.text_tokens, self.inputs.image_tokens
         if self.request.groups is not None:
             self.labels = _count_labels(self.model, self.request.groups)
@@ -266,7 +274,8 @@ class TrainOperation:
     def count(self) -> Cost:
         if self.model is None:
             raise RuntimeError("count() before model_name()")
-        self.counted = _count(self.model, [example.item for example in self.request.examples])
+        items = [example.item for example in self.request.examples]
+        self.counted = _count(self.model, items, truncate=self.request.truncate)
         iterations = self.request.num_iters
         return Cost(
             text_tokens=self.counted.text_tokens * iterations,
@@ -344,34 +353,33 @@ def classifier_train(
 ) -> Classifier:
     """Fit a new classifier on the examples' unit vectors, or refit one with its earlier
     examples and these, from its weights (labels it has not seen are added)."""
+    new_labels = list(dict.fromkeys(example.label for example in request.examples))
     if classifier is None:
-        labels = list(dict.fromkeys(example.label for example in request.examples))
-        x, start = vectors, None
         target = Classifier(
             owner_id=owner_id,
             model=model.name,
             dimensions=model.dimensions,
             access=request.access or Classifier.Access.PRIVATE,
         )
+        labels = new_labels
+        held_x, held_y = np.zeros((0, model.dimensions), np.float32), np.zeros(0, np.int32)
+        start = None
     else:
         # Concurrent updates of one classifier apply one after the other.
         target = Classifier.objects.select_for_update().get(pk=classifier.pk)
         _check_capacity(target, request)
         labels = list(target.labels)
-        labels += [
-            label
-            for label in dict.fromkeys(example.label for example in request.examples)
-            if label not in labels
-        ]
-        held, held_labels = target.training_set
-        x = np.vstack([held, vectors])
+        labels += [label for label in new_labels if label not in labels]
+        held_x, held_y = target.training_set
         start = target.regression
         target.updated_number += 1
         if request.access:
             target.access = request.access
     index = {label: position for position, label in enumerate(labels)}
-    new_labels = np.array([index[example.label] for example in request.examples], np.int32)
-    y = new_labels if classifier is None else np.concatenate([held_labels, new_labels])
+    y = np.concatenate(
+        [held_y, np.array([index[example.label] for example in request.examples], np.int32)]
+    )
+    x = np.vstack([held_x, vectors])
     fitted = softmax_regression_fit(
         x=x, y=y, classes=len(labels), iterations=request.num_iters, start=start
     )

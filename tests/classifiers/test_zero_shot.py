@@ -78,3 +78,19 @@ def test_one_string_input_and_the_default_model(call) -> None:
     assert response.status_code == 200, response.content
     (item,) = response.json()["data"]
     assert item["prediction"] == "cooking"
+
+
+def test_truncate_cuts_a_long_input_to_the_models_limit(call) -> None:
+    long_text = "the match ended in a draw " * 100
+    refused = call("post", "/v1/classify", {"input": long_text, "labels": LABELS})
+    assert refused.status_code == 400
+    assert refused.json()["code"] == "INPUT_TOKEN_LIMIT_EXCEEDED"
+
+    response = call(
+        "post", "/v1/classify", {"input": long_text, "labels": LABELS, "truncate": True}
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["data"][0]["prediction"] == "sports"
+    assert body["usage"]["total_tokens"] == 256 + embedding_tokens(call, LABELS)
