@@ -221,13 +221,16 @@ def rerank_embeddings_count(*, model: EmbeddingModel, request: RerankRequest) ->
     inputs: list[TextInput | TokenInput] = [TextInput(text) for text in request.documents]
     truncate = request.truncate
     cap = request.max_tokens_per_doc
-    if cap is not None and cap < model.max_tokens:
-        # A document limit below the model's: cut each (prefixed) document to it here, and let
-        # the embeddings path read the ids as they are.
+    tokenizer = _runtime(model).tokenizer
+    if cap is not None and cap + tokenizer.special_tokens < model.max_tokens:
+        # A document limit (of the document's own tokens, as for a cross-encoder) below the
+        # model's: cut each (prefixed) document to it here, and let the embeddings path read
+        # the ids as they are.
         prefix = str((model.tasks or {}).get(document_task or model.default_task or "", ""))
-        tokenizer = _runtime(model).tokenizer
         ids = tokenizer.encode(
-            [prefix + text for text in request.documents], max_tokens=cap, truncate=True
+            [prefix + text for text in request.documents],
+            max_tokens=cap + tokenizer.special_tokens,
+            truncate=True,
         )
         inputs, document_task, truncate = [TokenInput(row) for row in ids], None, False
     documents = _embedding_count(
