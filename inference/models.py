@@ -120,6 +120,15 @@ class EmbeddingModel(models.Model):
         return self.kind == self.Kind.RERANKER
 
     @property
+    def operations(self) -> list[str]:
+        """The /v1 operations this model serves: an embedding model also reranks (by cosine),
+        classifies (zero-shot, and few-shot once trained) and tokenizes; a reranker (a
+        cross-encoder) only scores pairs."""
+        if self.is_reranker:
+            return ["rerank"]
+        return ["embeddings", "rerank", "classify", "train", "tokenize"]
+
+    @property
     def accepts_images(self) -> bool:
         return "image" in (self.modalities or [])
 

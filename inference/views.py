@@ -50,14 +50,6 @@ class EmbeddingCreateApi(MeteredApiView):
         return Response(body)
 
 
-def model_operations(model: EmbeddingModel) -> list[str]:
-    """The /v1 operations a model serves: an embedding model also reranks (by cosine) and
-    classifies; a reranker (a cross-encoder) only scores pairs. Every model tokenizes."""
-    if model.is_reranker:
-        return ["rerank", "tokenize"]
-    return ["embeddings", "rerank", "classify", "tokenize"]
-
-
 class ModelOutputSerializer(serializers.Serializer):
     """A model as OpenAI's `model` object and Jina's ModelInfo at once, plus what requests may use."""
 
@@ -101,7 +93,7 @@ class ModelOutputSerializer(serializers.Serializer):
             "default_task": model.default_task or None,
             "backend": model.backend,
             "kind": model.kind,
-            "operations": model_operations(model),
+            "operations": model.operations,
             # A reranker reads each (query, document) pair; an embedding model ranks by the
             # cosine of the query's and each document's embedding.
             "rerank_method": rerank_method(model),

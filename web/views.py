@@ -42,7 +42,6 @@ from billing.services import (
 )
 from embeddings_site.ip_limits import client_ip, posts_limited_per_ip
 from inference.selectors import embedding_model_list
-from inference.views import model_operations
 from metering.lifecycle import limits_for
 from web import selectors
 from web.charts import bar_chart
@@ -93,7 +92,7 @@ def playground(request: HttpRequest) -> HttpResponse:
             "modalities": list(model.modalities or ["text"]),
             "price": float(model.price_per_million_tokens or 0),
             "max_tokens": model.max_tokens,
-            "operations": model_operations(model),
+            "operations": model.operations,
         }
         for model in embedding_model_list()
     ]

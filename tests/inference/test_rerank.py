@@ -222,13 +222,21 @@ def test_a_reranker_makes_no_embeddings(post_embeddings, reranker) -> None:
     assert "reranker" in response.json()["detail"]
 
 
-def test_models_say_which_operations_they_serve(client, reranker) -> None:
+def test_models_say_which_operations_they_serve(client, reranker, api_key) -> None:
     models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
-    assert models[RERANKER]["operations"] == ["rerank", "tokenize"]
+    assert models[RERANKER]["operations"] == ["rerank"]
     assert models[RERANKER]["rerank_method"] == "cross-encoder"
     embedding = models["all-MiniLM-L6-v2"]
-    assert {"embeddings", "rerank"} <= set(embedding["operations"])
+    assert embedding["operations"] == ["embeddings", "rerank", "classify", "train", "tokenize"]
     assert embedding["rerank_method"] == "bi-encoder"
+    # What a model does not list, it refuses.
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {api_key.plaintext}"}
+    for path, body in (
+        ("/v1/tokenize", {"model": RERANKER, "prompt": "hello"}),
+        ("/v1/classify", {"model": RERANKER, "input": ["hello"], "labels": ["a", "b"]}),
+    ):
+        response = client.post(path, body, content_type="application/json", **auth)
+        assert response.status_code == 400, (path, response.content)
 
 
 def test_the_registry_check_refuses_a_reranker_that_is_not_one(
