@@ -87,8 +87,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(ReadOnlyAdmin):
-    list_display = ["day", "api_key", "model", "requests", "errors", "charged_tokens"]
-    list_filter = ["model"]
+    list_display = ["day", "api_key", "endpoint", "model", "requests", "errors", "charged_tokens"]
+    list_filter = ["endpoint", "model"]
 
 
 @admin.register(Payment)
