@@ -121,9 +121,9 @@ def test_tokenized_input_needs_multivector(post_embeddings) -> None:
 
 @pytest.mark.django_db
 def test_refused_on_a_backend_without_token_output(post_embeddings, api_key) -> None:
-    EmbeddingModelFactory(name="minilm-vllm", hugging_face_id="", backend="vllm")
+    EmbeddingModelFactory(name="minilm-vllm-multivector", hugging_face_id="", backend="vllm")
     response = post_embeddings(
-        {"model": "minilm-vllm", "input": "hello", "return_multivector": True}
+        {"model": "minilm-vllm-multivector", "input": "hello", "return_multivector": True}
     )
     assert response.status_code == 400, response.content
     body = response.json()

@@ -36,6 +36,11 @@ def deployment(default_model: Any, settings: Any) -> None:
     for model in (default_model, broken, remote):
         with contextlib.suppress(Exception):  # a failure is what /ready then reports
             runtimes.get(model)
+    # The runtime is process-wide: an earlier test's model of this name may have left it with
+    # another set of workers, re-read only every few seconds. Read this test's worker now.
+    backend: Any = runtimes.get(remote).backend
+    backend.pool.refresh(force=True)
+    backend.check_health()
 
 
 def staff_client() -> Client:
