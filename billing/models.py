@@ -110,6 +110,9 @@ class LedgerEntry(models.Model):
         REFUND = "refund", "Refund"
         ADJUSTMENT = "adjustment", "Adjustment"
         PAYMENT_REFUND = "payment_refund", "Payment refunded"
+        # The two halves of one move of tokens between two keys of one user, written together.
+        TRANSFER_OUT = "transfer_out", "Moved to another key"
+        TRANSFER_IN = "transfer_in", "Moved from another key"
 
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="ledger_entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -268,7 +271,15 @@ class AutoRecharge(models.Model):
     # the next charge, so every trigger before it settles collapses into that one charge.
     generation = models.PositiveIntegerField(default=0)
     in_flight_since = models.DateTimeField(null=True, blank=True)
+
+    class PauseCause(models.TextChoices):
+        CONFIRM = "confirm", "The bank asks the buyer to confirm a payment"
+        CARD = "card", "The card failed or there is none"
+        CAP = "cap", "The monthly cap is reached"
+
     paused_reason = models.CharField(max_length=255, blank=True)
+    # What the user can do about the pause: the banner's advice follows it.
+    paused_cause = models.CharField(max_length=10, choices=PauseCause.choices, blank=True)
     paused_at = models.DateTimeField(null=True, blank=True)
     pending_payment = models.ForeignKey(
         Payment,
