@@ -23,7 +23,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing import stripe_api
+from billing.alerts import low_balance_alert_rearm
 from billing.models import ApiKey, AutoRecharge, LedgerEntry, Payment, User
+from billing.receipt_email import receipt_email_queue
 from metering.ledger import balance_credit, balance_take_back
 
 logger = logging.getLogger(__name__)
@@ -215,6 +217,8 @@ def payment_apply_intent(*, intent: stripe_api.Intent) -> Payment | None:
             )
             payment.credited_tokens = payment.tokens
             payment.failure_message = ""
+            low_balance_alert_rearm(api_key_id=payment.api_key_id)
+            receipt_email_queue(payment=payment)
         payment.status = Payment.Status.SUCCEEDED
         _apply_refund(payment=payment, amount_refunded=intent.amount_refunded)
     elif payment.credited_tokens == 0:

@@ -282,3 +282,38 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
         )
     api_key_cache_clear()
     return api_key
+
+
+@transaction.atomic
+def api_key_settings_update(
+    *,
+    api_key: ApiKey,
+    name: str,
+    expires_at: datetime | None,
+    allowed_models: list[str],
+    low_balance_alert_tokens: int | None,
+) -> ApiKey:
+    """Rename a key and set (or clear) its expiry, allowed models and low-balance alert.
+
+    Every process sees the change within KEY_CACHE_SECONDS, this one at once; an expiry itself is
+    compared with the clock on each request, so it takes effect at its time.
+    """
+    locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if low_balance_alert_tokens != locked.low_balance_alert_tokens:
+        # A new threshold is a new alert: it fires when a debit takes the balance below it.
+        locked.low_balance_alerted_at = None
+    locked.name = name.strip()[:100] or locked.name
+    locked.expires_at = expires_at
+    locked.allowed_models = sorted(set(allowed_models))
+    locked.low_balance_alert_tokens = low_balance_alert_tokens
+    locked.save(
+        update_fields=[
+            "name",
+            "expires_at",
+            "allowed_models",
+            "low_balance_alert_tokens",
+            "low_balance_alerted_at",
+        ]
+    )
+    api_key_cache_clear()
+    return locked

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django import forms
 from django.contrib.auth import password_validation
 
-from billing.models import Tier, User
+from billing.models import ApiKey, Tier, User
 
 
 class SignUpForm(forms.Form):
@@ -48,3 +50,46 @@ class LimitsForm(forms.Form):
     rpm = forms.IntegerField(min_value=1, required=False, label="Requests per minute")
     tpm = forms.IntegerField(min_value=1, required=False, label="Tokens per minute")
     concurrency = forms.IntegerField(min_value=1, required=False, label="Concurrent requests")
+
+
+class KeySettingsForm(forms.Form):
+    """A key's name, expiry, allowed models and low-balance alert (blank: none)."""
+
+    name = forms.CharField(max_length=100)
+    expires_at = forms.DateTimeField(
+        required=False,
+        label="Expires at (UTC)",
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="After this the API refuses the key. Blank: never.",
+    )
+    allowed_models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every model.",
+    )
+    low_balance_alert_tokens = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=10**15,
+        label="E-mail me when the balance falls below (tokens)",
+        help_text="Blank: no alert.",
+    )
+
+    def __init__(self, *args: Any, model_names: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = cast(forms.MultipleChoiceField, self.fields["allowed_models"])
+        field.choices = [(name, name) for name in model_names]
+
+    @classmethod
+    def for_key(cls, api_key: ApiKey, *, model_names: list[str]) -> KeySettingsForm:
+        """The form filled in with the key's settings (its listed models stay choosable)."""
+        return cls(
+            initial={
+                "name": api_key.name,
+                "expires_at": api_key.expires_at,
+                "allowed_models": list(api_key.allowed_models),
+                "low_balance_alert_tokens": api_key.low_balance_alert_tokens,
+            },
+            model_names=sorted({*model_names, *api_key.allowed_models}),
+        )

@@ -32,6 +32,7 @@ from billing.services import (
     api_key_grant,
     api_key_revoke,
     api_key_set_limits,
+    api_key_settings_update,
     user_email_verification_send,
     user_email_verification_token,
     user_email_verify,
@@ -45,7 +46,7 @@ from inference.selectors import embedding_model_list
 from metering.lifecycle import limits_for
 from web import selectors
 from web.charts import bar_chart
-from web.forms import GrantForm, KeyCreateForm, LimitsForm, SignUpForm
+from web.forms import GrantForm, KeyCreateForm, KeySettingsForm, LimitsForm, SignUpForm
 
 # Where key_create once parked a new key's plaintext until the dashboard showed it. A session row
 # is only signed, not encrypted, so it leaked the key for as long as the row lived; an entry left
@@ -472,3 +473,27 @@ def staff_user_suspend(request: HttpRequest, pk: int) -> HttpResponse:
         user_suspend(user=user, suspended=suspend)
         messages.success(request, f"{user.email} is {'suspended' if suspend else 'restored'}.")
     return _back_to_staff(user.email)
+
+
+@login_required
+@require_POST
+def key_settings(request: HttpRequest, pk: int) -> HttpResponse:
+    """Rename one of your keys and set its expiry, allowed models and low-balance alert."""
+    api_key = get_object_or_404(ApiKey, pk=pk, user=request.user)
+    names = list(embedding_model_list().values_list("name", flat=True))
+    form = KeySettingsForm(request.POST, model_names=sorted({*names, *api_key.allowed_models}))
+    if not form.is_valid():
+        field, errors = next(iter(form.errors.items()))
+        label = form.fields[field].label if field in form.fields else None
+        messages.error(request, f"{label or field.replace('_', ' ').capitalize()}: {errors[0]}")
+        return redirect("key-detail", pk=pk)
+    data = form.cleaned_data
+    api_key_settings_update(
+        api_key=api_key,
+        name=data["name"],
+        expires_at=data["expires_at"],
+        allowed_models=list(data["allowed_models"]),
+        low_balance_alert_tokens=data["low_balance_alert_tokens"],
+    )
+    messages.success(request, f"Key {api_key.prefix}… is saved.")
+    return redirect("key-detail", pk=pk)
