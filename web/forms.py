@@ -52,6 +52,35 @@ class LimitsForm(forms.Form):
     concurrency = forms.IntegerField(min_value=1, required=False, label="Concurrent requests")
 
 
+def _key_choices(keys: list[ApiKey]) -> list[tuple[str, str]]:
+    return [(str(key.pk), f"{key.name} ({key.prefix}…), {key.balance:,} tokens") for key in keys]
+
+
+class TokensMoveForm(forms.Form):
+    """Move tokens from one key to another of the same user's active keys; blank moves all."""
+
+    destination = forms.ChoiceField(label="To key")
+    tokens = forms.IntegerField(
+        min_value=1, max_value=2**63 - 1, required=False, label="Tokens (blank: all of them)"
+    )
+
+    def __init__(self, *args: object, destinations: list[ApiKey], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        cast(forms.ChoiceField, self.fields["destination"]).choices = _key_choices(destinations)
+
+
+class KeyRevokeForm(forms.Form):
+    """Revoke a key holding tokens: move them to another key first, or leave them on it."""
+
+    move_to = forms.ChoiceField(label="Move its tokens to", required=False)
+    leave_tokens = forms.BooleanField(required=False)
+
+    def __init__(self, *args: object, destinations: list[ApiKey], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        choices = [("", "—"), *_key_choices(destinations)]
+        cast(forms.ChoiceField, self.fields["move_to"]).choices = choices
+
+
 class KeySettingsForm(forms.Form):
     """A key's name, expiry, allowed models and low-balance alert (blank: none)."""
 
