@@ -8,10 +8,8 @@ from rest_framework.request import Request
 
 from billing.models import ApiKey, User
 from embeddings_site.errors import ApiError, ErrorCode
-from metering.selectors import api_key_get_active
+from metering.selectors import api_key_get_active, api_key_refusal_message
 from metering.services import api_key_touch
-
-_INVALID_KEY = "Invalid API key. Check the key, or create a new one in your dashboard."
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -34,7 +32,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             )
         api_key = api_key_get_active(key=key)
         if api_key is None:
-            raise ApiError(ErrorCode.AUTH_INVALID_API_KEY, _INVALID_KEY)
+            raise ApiError(ErrorCode.AUTH_INVALID_API_KEY, api_key_refusal_message(key=key))
         # Read from the key, not the cache's lifetime: an expiry takes effect at its time.
         if api_key.expires_at is not None and api_key.expires_at <= timezone.now():
             raise ApiError(
