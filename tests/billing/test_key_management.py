@@ -245,3 +245,25 @@ def test_an_allowed_model_is_served_and_the_openai_batch_of_another_is_refused(
     assert batch.status_code == 403, batch.content
     assert_error_envelope(batch.json(), "AUTH_MODEL_NOT_ALLOWED")
     assert not api_key.batch_jobs.exists()  # type: ignore[attr-defined]
+
+
+def test_a_batch_job_whose_model_the_key_may_no_longer_use_fails_uncharged(
+    client: Client, owner: Client, api_key: ApiKey, default_model: Any
+) -> None:
+    from batch.processing import batch_job_process
+
+    path, body = REFUSED_REQUESTS["batch"]
+    created = api(client, api_key, path, body)
+    assert created.status_code == 200, created.content
+    before = ApiKey.objects.get(pk=api_key.pk).balance
+    save_settings(owner, api_key, allowed_models=[OTHER_REGISTERED])  # narrowed before it ran
+
+    job_id = created.json()["batch_id"]
+    batch_job_process(job_id=job_id)
+    status = client.get(
+        f"/v1/batch/{job_id}",
+        HTTP_AUTHORIZATION=f"Bearer {api_key.plaintext}",  # type: ignore[attr-defined]
+    ).json()
+    assert status["status"] == "failed", status
+    assert "AUTH_MODEL_NOT_ALLOWED" in json.dumps(status)
+    assert ApiKey.objects.get(pk=api_key.pk).balance == before
