@@ -42,6 +42,7 @@ urlpatterns = [
     path("dashboard/keys", views.key_create, name="key-create"),
     path("dashboard/keys/<int:pk>/", views.key_detail, name="key-detail"),
     path("dashboard/keys/<int:pk>/revoke", views.key_revoke, name="key-revoke"),
+    path("dashboard/keys/<int:pk>/move", views.key_tokens_move, name="key-tokens-move"),
     path("dashboard/keys/<int:pk>/settings", views.key_settings, name="key-settings"),
     path("staff/", views.staff_dashboard, name="staff"),
     path("staff/keys/<int:pk>/grant", views.staff_key_grant, name="staff-key-grant"),

@@ -27,12 +27,16 @@ from billing.payments import auto_recharge_get, payment_list
 from billing.selectors import api_key_list, ledger_entries
 from billing.services import (
     EmailVerificationError,
+    TokensMoveRefused,
     VisitorTrialsExhausted,
     api_key_create,
     api_key_grant,
+    api_key_name_unique,
     api_key_revoke,
+    api_key_revoke_moving_tokens,
     api_key_set_limits,
     api_key_settings_update,
+    api_key_tokens_move,
     user_email_verification_send,
     user_email_verification_token,
     user_email_verify,
@@ -46,7 +50,15 @@ from inference.selectors import embedding_model_list
 from metering.lifecycle import limits_for
 from web import selectors
 from web.charts import bar_chart
-from web.forms import GrantForm, KeyCreateForm, KeySettingsForm, LimitsForm, SignUpForm
+from web.forms import (
+    GrantForm,
+    KeyCreateForm,
+    KeyRevokeForm,
+    KeySettingsForm,
+    LimitsForm,
+    SignUpForm,
+    TokensMoveForm,
+)
 
 # Where key_create once parked a new key's plaintext until the dashboard showed it. A session row
 # is only signed, not encrypted, so it leaked the key for as long as the row lived; an entry left
@@ -109,8 +121,8 @@ def playground(request: HttpRequest) -> HttpResponse:
 def trial_key(request: HttpRequest) -> JsonResponse:
     """A key for the playground: a new key for a signed-in user, a trial key for a visitor."""
     if request.user.is_authenticated:
-        api_key, plaintext = api_key_create(user=_user(request), name="playground")
-    elif settings.VISITOR_TRIAL_TOKENS > 0:
+        return _playground_key_for_user(request)
+    if settings.VISITOR_TRIAL_TOKENS > 0:
         try:
             api_key, plaintext = visitor_trial_key_create(client_ip=client_ip(request))
         except VisitorTrialsExhausted as exc:
@@ -129,6 +141,54 @@ def trial_key(request: HttpRequest) -> JsonResponse:
     else:
         return JsonResponse({"error": {"message": "Sign up to get a key."}}, status=403)
     return JsonResponse({"key": plaintext, "prefix": api_key.prefix, "balance": api_key.balance})
+
+
+def _playground_key_for_user(request: HttpRequest) -> JsonResponse:
+    """A signed-in user's key for the playground: only on an explicit confirm (a click must not
+    mint a key each time), named apart from their other keys, and said plainly when it has no
+    tokens, with where to get some. A key's secret is shown once and never stored, so an
+    existing key cannot be filled in for them: they paste it instead."""
+    user = _user(request)
+    if request.POST.get("confirm") != "1":
+        return JsonResponse(
+            {
+                "error": {
+                    "code": "CONFIRM_REQUIRED",
+                    "message": "Paste one of your keys, or confirm to create a new one.",
+                }
+            },
+            status=400,
+        )
+    api_key, plaintext = api_key_create(
+        user=user, name=api_key_name_unique(user=user, name="playground")
+    )
+    body: dict[str, Any] = {
+        "key": plaintext,
+        "prefix": api_key.prefix,
+        "name": api_key.name,
+        "balance": api_key.balance,
+        "key_url": reverse("key-detail", args=[api_key.pk]),
+    }
+    if api_key.balance <= 0:
+        funded = [key for key in api_key_list(user=user) if key.is_active and key.balance > 0]
+        body["top_up_url"] = f"{reverse('billing')}?key={api_key.pk}"
+        body["message"] = (
+            "It has 0 tokens, so the playground's requests with it would be refused. "
+            + (
+                f"Move tokens to it from {funded[0].name} ({funded[0].prefix}…) on that key's "
+                "page, or top it up."
+                if funded
+                else "Top it up to use it."
+            )
+            + (
+                " Verify your e-mail address to get your free trial tokens."
+                if user.email_verified_at is None and settings.TRIAL_TOKENS > 0
+                else ""
+            )
+        )
+        if funded:
+            body["move_url"] = reverse("key-detail", args=[funded[0].pk]) + "#move-tokens"
+    return JsonResponse(body, status=201)
 
 
 # --- Accounts --------------------------------------------------------------------------------
@@ -288,14 +348,95 @@ def key_create(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _other_active_keys(api_key: ApiKey) -> list[ApiKey]:
+    """The owner's other keys that can receive tokens."""
+    return [
+        key
+        for key in api_key_list(user=api_key.user)
+        if key.pk != api_key.pk and key.revoked_at is None
+    ]
+
+
+def _chosen_key(keys: list[ApiKey], pk: str) -> ApiKey | None:
+    return next((key for key in keys if str(key.pk) == pk), None)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    """Revoke one of your keys. A key that holds tokens asks first: move them to another of
+    your keys (one ledger transfer, with the revocation) or leave them on the revoked key."""
+    user = _user(request)
+    api_key = get_object_or_404(ApiKey, pk=pk, user=user)
+    destinations = _other_active_keys(api_key)
+    form = KeyRevokeForm(
+        request.POST if request.method == "POST" else None, destinations=destinations
+    )
+    if api_key.revoked_at is not None:
+        messages.info(request, f"Key {api_key.prefix}… is already revoked.")
+        return redirect("key-detail", pk=api_key.pk)
+    if request.method == "POST" and form.is_valid():
+        destination = _chosen_key(destinations, form.cleaned_data["move_to"])
+        if destination is not None:
+            try:
+                moved = api_key_revoke_moving_tokens(
+                    user=user, api_key=api_key, destination=destination
+                )
+            except TokensMoveRefused as exc:
+                messages.error(request, exc.message)
+                return redirect("key-revoke", pk=api_key.pk)
+            messages.success(
+                request,
+                f"Key {api_key.prefix}… is revoked; {moved:,} tokens moved to "
+                f"{destination.name} ({destination.prefix}…).",
+            )
+            return redirect("dashboard")
+        if api_key.balance <= 0 or form.cleaned_data["leave_tokens"]:
+            api_key_revoke(api_key=api_key)
+            api_key.refresh_from_db(fields=["balance"])
+            left = (
+                f" Its {api_key.balance:,} tokens stay on it; its page can still move them."
+                if api_key.balance > 0
+                else ""
+            )
+            messages.success(request, f"Key {api_key.prefix}… is revoked.{left}")
+            return redirect("dashboard")
+    return render(
+        request,
+        "web/key_revoke.html",
+        {"key": api_key, "form": form, "destinations": destinations},
+        status=200 if request.method == "GET" else 400,
+    )
+
+
 @login_required
 @require_POST
-def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    """Revoke one of your keys."""
-    api_key = get_object_or_404(ApiKey, pk=pk, user=request.user)
-    api_key_revoke(api_key=api_key)
-    messages.success(request, f"Key {api_key.prefix}… is revoked.")
-    return redirect("dashboard")
+def key_tokens_move(request: HttpRequest, pk: int) -> HttpResponse:
+    """Move tokens from one of your keys (revoked ones too) to another active one."""
+    user = _user(request)
+    source = get_object_or_404(ApiKey, pk=pk, user=user)
+    destinations = _other_active_keys(source)
+    form = TokensMoveForm(request.POST, destinations=destinations)
+    if not form.is_valid():
+        messages.error(request, "Choose one of your active keys and a whole number of tokens.")
+        return redirect("key-detail", pk=source.pk)
+    destination = _chosen_key(destinations, form.cleaned_data["destination"])
+    if destination is None:
+        messages.error(request, "Choose one of your active keys.")
+        return redirect("key-detail", pk=source.pk)
+    try:
+        moved = api_key_tokens_move(
+            user=user, source=source, destination=destination, tokens=form.cleaned_data["tokens"]
+        )
+    except TokensMoveRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(
+            request,
+            f"Moved {moved:,} tokens from {source.prefix}… to "
+            f"{destination.name} ({destination.prefix}…).",
+        )
+    return redirect("key-detail", pk=source.pk)
 
 
 @login_required
@@ -307,8 +448,11 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
     page = Paginator(ledger_entries(api_key=api_key).select_related("usage"), 50).get_page(
         request.GET.get("page")
     )
+    destinations = _other_active_keys(api_key)
     context = {
         "key": api_key,
+        "destinations": destinations,
+        "move_form": TokensMoveForm(destinations=destinations),
         "limits": limits_for(api_key),
         "recharge": auto_recharge_get(api_key=api_key),
         "jobs": list(batch_job_list(api_key=api_key, limit=20)),
@@ -354,7 +498,9 @@ def _endpoint_charts(rows: list[dict[str, Any]], *, chart_prefix: str) -> list[t
 def staff_dashboard(request: HttpRequest) -> HttpResponse:
     """Totals across users, revenue, top users, error rates, workers; key and user actions."""
     rows = selectors.usage_by_day(by=("endpoint", "model", "api_key__user__email"))
-    models = sorted({row["model"] for row in rows})
+    # A request refused before its model was resolved has none: it is in the totals as
+    # "(no model)", not charted as a model of its own.
+    models = sorted({row["model"] for row in rows if row["model"]})
     revenue = selectors.revenue_by_day()
     currencies = sorted({row["currency"] for row in revenue})
     query = request.GET.get("q", "").strip()
