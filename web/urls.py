@@ -44,6 +44,7 @@ urlpatterns = [
     path("dashboard/keys/<int:pk>/revoke", views.key_revoke, name="key-revoke"),
     path("dashboard/keys/<int:pk>/move", views.key_tokens_move, name="key-tokens-move"),
     path("dashboard/keys/<int:pk>/settings", views.key_settings, name="key-settings"),
+    path("dashboard/usage.csv", views.usage_csv, name="usage-csv"),
     path("staff/", views.staff_dashboard, name="staff"),
     path("staff/keys/<int:pk>/grant", views.staff_key_grant, name="staff-key-grant"),
     path("staff/keys/<int:pk>/limits", views.staff_key_limits, name="staff-key-limits"),

@@ -5,6 +5,7 @@ Views parse and render; the services in billing do the writes.
 
 from __future__ import annotations
 
+import csv
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +14,7 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -59,6 +60,7 @@ from web.forms import (
     SignUpForm,
     TokensMoveForm,
 )
+from web.usage_filters import GROUPS, STAFF_GROUPS, UsageSliceForm
 
 # Where key_create once parked a new key's plaintext until the dashboard showed it. A session row
 # is only signed, not encrypted, so it leaked the key for as long as the row lived; an entry left
@@ -294,39 +296,34 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """Keys, usage charts and payments of the signed-in user."""
     user = _user(request)
     _forget_legacy_new_key(request)
-    rows = selectors.usage_by_day(user=user, by=("endpoint", "model", "api_key__prefix"))
+    usage, status = _usage_slice(request.GET, groups=GROUPS)
+    rows = _usage_rows(usage_slice=usage.usage_slice, user=user)
     keys = [(key, limits_for(key)) for key in api_key_list(user=user)]
     jobs = [job for key, _ in keys for job in batch_job_list(api_key=key, limit=10)]
     context = {
         "keys": keys,
         "form": KeyCreateForm(),
-        "tokens_chart": bar_chart(
-            bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
-            title="Tokens per day",
-            unit="tokens",
-            chart_id="chart-tokens",
+        **_usage_context(usage, rows, query={}),
+        "tokens_chart": _day_chart(
+            rows, "charged_tokens", usage, title="Tokens per day", chart_id="chart-tokens"
         ),
-        "requests_chart": bar_chart(
-            bars=selectors.usage_bars(rows=rows, field="requests"),
-            title="Requests per day",
-            unit="requests",
-            chart_id="chart-requests",
+        "requests_chart": _day_chart(
+            rows, "requests", usage, title="Requests per day", chart_id="chart-requests"
         ),
-        "errors_chart": bar_chart(
-            bars=selectors.usage_bars(rows=rows, field="errors"),
-            title="Errors per day",
-            unit="errors",
-            chart_id="chart-errors",
+        "errors_chart": _day_chart(
+            rows, "errors", usage, title="Errors per day", chart_id="chart-errors"
         ),
         "by_endpoint": selectors.usage_totals(rows=rows, by="endpoint"),
-        "endpoint_charts": _endpoint_charts(rows, chart_prefix="chart-endpoint"),
+        "endpoint_charts": _endpoint_charts(
+            rows, chart_prefix="chart-endpoint", usage_slice=usage.usage_slice
+        ),
         "by_model": selectors.usage_totals(rows=rows, by="model"),
         "by_key": selectors.usage_totals(rows=rows, by="api_key__prefix"),
         "payments": payment_list(user=user)[:10],
         "jobs": sorted(jobs, key=lambda job: job.created_at, reverse=True)[:10],
         "unverified_trial_tokens": (settings.TRIAL_TOKENS if user.email_verified_at is None else 0),
     }
-    return render(request, "web/dashboard.html", context)
+    return render(request, "web/dashboard.html", context, status=status)
 
 
 @login_required
@@ -444,7 +441,8 @@ def key_tokens_move(request: HttpRequest, pk: int) -> HttpResponse:
 def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """One key: balance, limits, ledger history, usage by endpoint and by model."""
     api_key = get_object_or_404(ApiKey, pk=pk, user=request.user)
-    rows = selectors.usage_by_day(api_key=api_key, by=("endpoint", "model"))
+    usage, status = _usage_slice(request.GET, groups=GROUPS)
+    rows = _usage_rows(usage_slice=usage.usage_slice, api_key=api_key)
     page = Paginator(ledger_entries(api_key=api_key).select_related("usage"), 50).get_page(
         request.GET.get("page")
     )
@@ -457,20 +455,22 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "recharge": auto_recharge_get(api_key=api_key),
         "jobs": list(batch_job_list(api_key=api_key, limit=20)),
         "ledger": page,
+        **_usage_context(usage, rows, query={"key": str(api_key.pk)}),
         "by_endpoint": selectors.usage_totals(rows=rows, by="endpoint"),
-        "endpoint_charts": _endpoint_charts(rows, chart_prefix="chart-key-endpoint"),
+        "endpoint_charts": _endpoint_charts(
+            rows, chart_prefix="chart-key-endpoint", usage_slice=usage.usage_slice
+        ),
         "by_model": selectors.usage_totals(rows=rows, by="model"),
-        "tokens_chart": bar_chart(
-            bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
-            title="Tokens per day",
-            unit="tokens",
-            chart_id="chart-key-tokens",
+        "tokens_chart": _day_chart(
+            rows, "charged_tokens", usage, title="Tokens per day", chart_id="chart-key-tokens"
         ),
     }
-    return render(request, "web/key_detail.html", context)
+    return render(request, "web/key_detail.html", context, status=status)
 
 
-def _endpoint_charts(rows: list[dict[str, Any]], *, chart_prefix: str) -> list[tuple[str, Any]]:
+def _endpoint_charts(
+    rows: list[dict[str, Any]], *, chart_prefix: str, usage_slice: selectors.UsageSlice
+) -> list[tuple[str, Any]]:
     """Requests per day, one chart per endpoint that had any (tokens and errors are in the
     endpoint table beside them)."""
     endpoints = sorted({row["endpoint"] for row in rows})
@@ -479,15 +479,151 @@ def _endpoint_charts(rows: list[dict[str, Any]], *, chart_prefix: str) -> list[t
             endpoint,
             bar_chart(
                 bars=selectors.usage_bars(
-                    rows=[row for row in rows if row["endpoint"] == endpoint], field="requests"
+                    rows=[row for row in rows if row["endpoint"] == endpoint],
+                    field="requests",
+                    usage_slice=usage_slice,
                 ),
                 title=f"Requests per day, {endpoint}",
                 unit="requests",
                 chart_id=f"{chart_prefix}-{slugify(endpoint)}",
+                width=_CARD_WIDTH,
             ),
         )
         for endpoint in endpoints
     ]
+
+
+# --- Usage you can slice: a range and a grouping, the same rows on the page and in its CSV ---
+
+# Server-drawn charts in a card are drawn about a card wide, so that their labels are not scaled
+# down (they are what a browser without scripts sees; static/charts.js draws the rest).
+_CARD_WIDTH = 300
+
+_UNITS = {"charged_tokens": "tokens", "requests": "requests", "errors": "errors"}
+
+
+def _day_chart(
+    rows: list[dict[str, Any]], field: str, usage: UsageSliceForm, *, title: str, chart_id: str
+) -> Any:
+    """A card's chart of `field` per day over the page's range."""
+    return bar_chart(
+        bars=selectors.usage_bars(rows=rows, field=field, usage_slice=usage.usage_slice),
+        title=title,
+        unit=_UNITS[field],
+        chart_id=chart_id,
+        width=_CARD_WIDTH,
+    )
+
+
+def _usage_slice(params: QueryDict, *, groups: dict[str, str]) -> tuple[UsageSliceForm, int]:
+    """The page's range and grouping from its query string: 400 with the form's message (and the
+    last 30 days shown) when a parameter is wrong."""
+    form = UsageSliceForm(params, groups=groups)
+    return form, 200 if form.is_valid() else 400
+
+
+def _usage_rows(
+    *,
+    usage_slice: selectors.UsageSlice,
+    user: User | None = None,
+    api_key: ApiKey | None = None,
+) -> list[dict[str, Any]]:
+    """The usage rows behind a page (a user's, a key's, or everyone's when neither is given),
+    split by every field its tables and charts group by."""
+    by: tuple[str, ...] = ("endpoint", "model", "api_key__prefix")
+    if user is None and api_key is None:
+        by += ("api_key__user__email",)
+    return selectors.usage_by_day(user=user, api_key=api_key, usage_slice=usage_slice, by=by)
+
+
+def _usage_params(usage: UsageSliceForm, **extra: str) -> dict[str, str]:
+    """The query string of the range shown (the default one when the asked one was wrong)."""
+    usage_slice = usage.usage_slice
+    return {
+        "range": usage.cleaned_data.get("range") or "30d" if usage.is_valid() else "30d",
+        "start": usage_slice.start.isoformat(),
+        "end": usage_slice.end.isoformat(),
+        "group": usage_slice.group,
+        **extra,
+    }
+
+
+def _usage_context(
+    usage: UsageSliceForm, rows: list[dict[str, Any]], *, query: dict[str, str]
+) -> dict[str, Any]:
+    """The range form, the grouped table and the link to the same table as CSV."""
+    params = _usage_params(usage, **query)
+    return {
+        "usage_form": usage,
+        "usage_error": "" if usage.is_valid() else usage.error_text(),
+        "usage_slice": usage.usage_slice,
+        "usage_params": params,
+        "usage_group_label": STAFF_GROUPS[usage.usage_slice.group],
+        "usage_table": selectors.usage_table(rows=rows, usage_slice=usage.usage_slice),
+        "usage_csv_url": f"{reverse('usage-csv')}?{urlencode(params)}",
+    }
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    return f"'{value}" if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def _text_400(message: str) -> HttpResponse:
+    return HttpResponse(message, status=400, content_type="text/plain; charset=utf-8")
+
+
+@login_required
+@require_GET
+def usage_csv(request: HttpRequest) -> HttpResponse:
+    """The usage table of the dashboard, of a key's page (key=) or of the staff page (scope=all;
+    with table=revenue, its revenue per day) as CSV: the same parameters, the same rows."""
+    user = _user(request)
+    revenue = request.GET.get("table") == "revenue"
+    everyone = request.GET.get("scope") == "all" or revenue
+    if (everyone or revenue) and not user.is_staff:
+        raise PermissionDenied
+    usage = UsageSliceForm(request.GET, groups=STAFF_GROUPS if everyone else GROUPS)
+    if not usage.is_valid():
+        return _text_400(usage.error_text())
+    usage_slice = usage.usage_slice
+    key_id = request.GET.get("key", "")
+    api_key = None
+    if key_id and not everyone:
+        if not key_id.isdigit():
+            return _text_400("key: give the number of one of your keys.")
+        api_key = get_object_or_404(ApiKey, pk=int(key_id), user=user)
+    name = f"{usage_slice.start:%Y-%m-%d}-to-{usage_slice.end:%Y-%m-%d}"
+    if revenue:
+        header = ["day", "currency", "payments", "amount"]
+        lines: list[list[Any]] = [
+            [row["day"].isoformat(), row["currency"], row["payments"], f"{row['amount'] / 100:.2f}"]
+            for row in selectors.revenue_by_day(usage_slice=usage_slice)
+        ]
+        name = f"revenue-{name}"
+    else:
+        rows = _usage_rows(
+            usage_slice=usage_slice, user=None if everyone else user, api_key=api_key
+        )
+        header = [usage_slice.group, *selectors.USAGE_FIELDS, "error_rate"]
+        lines = [
+            [
+                entry["group"].isoformat() if usage_slice.group == "day" else entry["group"],
+                *(entry[field] for field in selectors.USAGE_FIELDS),
+                f"{entry['error_rate']:.4f}",
+            ]
+            for entry in selectors.usage_table(rows=rows, usage_slice=usage_slice)
+        ]
+        name = f"usage-{name}-by-{usage_slice.group}"
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+    writer = csv.writer(response)
+    writer.writerow(header)
+    writer.writerows([_csv_cell(cell) for cell in line] for line in lines)
+    return response
 
 
 # --- Staff -----------------------------------------------------------------------------------
@@ -497,17 +633,20 @@ def _endpoint_charts(rows: list[dict[str, Any]], *, chart_prefix: str) -> list[t
 @require_GET
 def staff_dashboard(request: HttpRequest) -> HttpResponse:
     """Totals across users, revenue, top users, error rates, workers; key and user actions."""
-    rows = selectors.usage_by_day(by=("endpoint", "model", "api_key__user__email"))
+    usage, status = _usage_slice(request.GET, groups=STAFF_GROUPS)
+    usage_slice = usage.usage_slice
+    rows = _usage_rows(usage_slice=usage_slice)
     # A request refused before its model was resolved has none: it is in the totals as
     # "(no model)", not charted as a model of its own.
     models = sorted({row["model"] for row in rows if row["model"]})
-    revenue = selectors.revenue_by_day()
+    revenue = selectors.revenue_by_day(usage_slice=usage_slice)
     currencies = sorted({row["currency"] for row in revenue})
     query = request.GET.get("q", "").strip()
     context = {
         "activity": selectors.key_activity(),
+        **_usage_context(usage, rows, query={"scope": "all"}),
         "tokens_chart": bar_chart(
-            bars=selectors.usage_bars(rows=rows, field="charged_tokens"),
+            bars=selectors.usage_bars(rows=rows, field="charged_tokens", usage_slice=usage_slice),
             title="Tokens per day, all models",
             unit="tokens",
             chart_id="chart-all-tokens",
@@ -517,11 +656,14 @@ def staff_dashboard(request: HttpRequest) -> HttpResponse:
                 model,
                 bar_chart(
                     bars=selectors.usage_bars(
-                        rows=[row for row in rows if row["model"] == model], field="charged_tokens"
+                        rows=[row for row in rows if row["model"] == model],
+                        field="charged_tokens",
+                        usage_slice=usage_slice,
                     ),
                     title=f"Tokens per day, {model}",
                     unit="tokens",
                     chart_id=f"chart-model-{index}",
+                    width=_CARD_WIDTH,
                 ),
             )
             for index, model in enumerate(models)
@@ -531,11 +673,9 @@ def staff_dashboard(request: HttpRequest) -> HttpResponse:
                 currency.upper(),
                 sum(row["amount"] for row in revenue if row["currency"] == currency) / 100,
                 bar_chart(
-                    bars=[
-                        selectors.Bar(day=row["day"], value=row["amount"] / 100)
-                        for row in revenue
-                        if row["currency"] == currency
-                    ],
+                    bars=selectors.revenue_bars(
+                        rows=revenue, currency=currency, usage_slice=usage_slice
+                    ),
                     title=f"Revenue per day ({currency.upper()})",
                     unit=currency.upper(),
                     chart_id=f"chart-revenue-{currency}",
@@ -544,8 +684,13 @@ def staff_dashboard(request: HttpRequest) -> HttpResponse:
             for currency in currencies
         ],
         "totals": selectors.usage_totals(rows=rows, by="model"),
+        "revenue": revenue,
+        "revenue_csv_url": f"{reverse('usage-csv')}?"
+        + urlencode(_usage_params(usage, scope="all", table="revenue")),
         "by_endpoint": selectors.usage_totals(rows=rows, by="endpoint"),
-        "endpoint_charts": _endpoint_charts(rows, chart_prefix="chart-all-endpoint"),
+        "endpoint_charts": _endpoint_charts(
+            rows, chart_prefix="chart-all-endpoint", usage_slice=usage_slice
+        ),
         "top_users": selectors.usage_totals(rows=rows, by="api_key__user__email")[:10],
         "workers": selectors.workers_by_model(),
         "query": query,
@@ -553,7 +698,7 @@ def staff_dashboard(request: HttpRequest) -> HttpResponse:
         "grant_form": GrantForm(),
         "limits_form": LimitsForm(),
     }
-    return render(request, "web/staff.html", context)
+    return render(request, "web/staff.html", context, status=status)
 
 
 def _back_to_staff(query: str) -> HttpResponse:

@@ -276,6 +276,18 @@
     const text = item.kind === "text" ? item.value : (item.name || item.value);
     return `${index + 1}. ${text.length > 24 ? text.slice(0, 23) + "…" : text}`;
   }
+  // A diverging scale: cosine 0 (unrelated) is neutral grey, similar pairs deepen to blue and
+  // opposite ones to red, so only related pairs stand out.
+  function heatColour(value) {
+    const v = Math.max(-1, Math.min(1, Number(value) || 0));
+    const strength = Math.abs(v);
+    const hue = v < 0 ? 4 : 212;
+    return {
+      background: `hsl(${hue}, ${Math.round(78 * strength)}%, ${Math.round(96 - 50 * strength)}%)`,
+      color: strength > 0.8 ? "#fff" : "#1c2430",
+    };
+  }
+
   function heatmap(vectors) {
     const table = document.createElement("table");
     table.id = "pg-heatmap-table";
@@ -293,9 +305,9 @@
         const cell = row.insertCell();
         cell.textContent = value.toFixed(3);
         cell.dataset.i = i; cell.dataset.j = j; cell.dataset.value = value;
-        const heat = Math.max(0, Math.min(1, (value + 1) / 2));
-        cell.style.background = `hsl(212, 80%, ${96 - 58 * heat}%)`;
-        cell.style.color = heat > 0.7 ? "#fff" : "#1c2430";
+        const colour = heatColour(value);
+        cell.style.background = colour.background;
+        cell.style.color = colour.color;
       });
     });
     $("#pg-heatmap").replaceChildren(table);
