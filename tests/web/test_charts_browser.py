@@ -72,7 +72,13 @@ class Problems:
 
     def __init__(self, page: Any) -> None:
         self.found: list[str] = []
-        page.on("console", lambda m: m.type == "error" and self.found.append(f"console: {m.text}"))
+        page.on(
+            "console",
+            lambda m: (
+                m.type == "error"
+                and self.found.append(f"console: {m.text} ({m.location.get('url', '')})")
+            ),
+        )
         page.on("pageerror", lambda error: self.found.append(f"exception: {error}"))
         page.on("requestfailed", lambda r: self.found.append(f"failed: {r.url} {r.failure}"))
         page.on(
