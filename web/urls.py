@@ -3,7 +3,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
 from embeddings_site.ip_limits import posts_limited_per_ip as _limit
-from web import views
+from web import pages, views
 
 urlpatterns = [
     path("", views.playground, name="playground"),
@@ -50,6 +50,12 @@ urlpatterns = [
     path("staff/keys/<int:pk>/limits", views.staff_key_limits, name="staff-key-limits"),
     path("staff/keys/<int:pk>/revoke", views.staff_key_revoke, name="staff-key-revoke"),
     path("staff/users/<int:pk>/suspend", views.staff_user_suspend, name="staff-user-suspend"),
+    # The pages a visitor learns from (web/pages.py), and the icon browsers ask for.
+    path("models/", pages.models_page, name="models"),
+    path("pricing/", pages.pricing_page, name="pricing"),
+    path("rate-limits/", pages.rate_limits_page, name="rate-limits"),
+    path("faq/", pages.faq_page, name="faq"),
+    path("favicon.ico", pages.favicon, name="favicon"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
 ]
