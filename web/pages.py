@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.templatetags.static import static
 from django.views.decorators.http import require_GET
@@ -152,5 +152,6 @@ def faq_page(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def favicon(request: HttpRequest) -> HttpResponse:
-    """/favicon.ico, which browsers ask for on their own: the site's SVG icon."""
-    return HttpResponsePermanentRedirect(static("favicon.svg"))
+    """/favicon.ico, which browsers ask for on their own: the site's SVG icon (a temporary
+    redirect: its hashed static name changes with the icon)."""
+    return HttpResponseRedirect(static("favicon.svg"))

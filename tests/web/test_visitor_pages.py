@@ -219,4 +219,4 @@ def test_every_page_links_the_visitor_pages_and_the_favicon_is_served(client: Cl
     # The test client serves no static files; the browser tests (live server) fetch it.
     assert icon == "/static/favicon.svg" and finders.find("favicon.svg")
     response = client.get("/favicon.ico")
-    assert response.status_code == 301 and response["Location"] == icon
+    assert response.status_code == 302 and response["Location"] == icon
