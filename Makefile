@@ -81,5 +81,25 @@ browser:
 test: lint check worker-env browser
 	$(BIN)/pytest
 
+# Chart.js draws the dashboards' charts. Its release files (the minified UMD build with its
+# version and licence header, its source map, LICENSE.md) are committed under $(CHARTJS_DIR),
+# byte for byte from the npm package, so `make run` and `make test` need no Node and no network and
+# the pages load nothing from a CDN. `make vendor` fetches the pinned version again from the npm
+# registry (npm checks the package's integrity) to update it: change CHARTJS_VERSION, run it,
+# and commit the files.
+CHARTJS_VERSION ?= 4.6.1
+CHARTJS_DIR := embeddings_site/static/vendor/chartjs
+
+.PHONY: vendor
+vendor:
+	@command -v npm >/dev/null 2>&1 || { echo "npm (Node.js) is needed to fetch chart.js"; exit 1; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+		npm pack --silent --pack-destination "$$tmp" chart.js@$(CHARTJS_VERSION) >/dev/null && \
+		tar -xzf "$$tmp"/chart.js-$(CHARTJS_VERSION).tgz -C "$$tmp" && \
+		mkdir -p $(CHARTJS_DIR) && \
+		cp "$$tmp"/package/dist/chart.umd.min.js "$$tmp"/package/dist/chart.umd.min.js.map \
+			"$$tmp"/package/LICENSE.md $(CHARTJS_DIR)/ && \
+		echo "Chart.js $(CHARTJS_VERSION) is in $(CHARTJS_DIR)"
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

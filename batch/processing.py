@@ -42,6 +42,7 @@ from inference.services import (
     embeddings_body,
     embeddings_vectors,
 )
+from metering.authentication import api_key_model_check
 from metering.ledger import InsufficientBalance
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,8 @@ class _Runner:
         """The job's lines; a pending job starts here (its input_url fetched first)."""
         try:
             if job.status == BatchJob.Status.PENDING:
+                # The key's allowed models may have narrowed since the job was created.
+                api_key_model_check(api_key=job.api_key, model=job.model)
                 fetched, count = None, None
                 if job.input_url and job.input_file_id is None:
                     fetched = input_url_fetch(job.input_url)

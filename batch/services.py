@@ -35,6 +35,7 @@ from embeddings_site.errors import ApiError, ErrorCode
 from inference.image_fetch import ImageFetchError, check_public_url
 from inference.models import EmbeddingModel
 from inference.services import embedding_model_resolve
+from metering.authentication import api_key_model_check
 from metering.lifecycle import Cost, charge_served
 
 COMPLETION_WINDOW = "24h"
@@ -242,6 +243,7 @@ def batch_job_create_jina(
 ) -> BatchJob:
     """A job from Jina's BatchEmbeddingRequest: inline lines, or an input_url fetched later."""
     embedding_model = batch_lines_model(lines=lines or [], model=model)
+    api_key_model_check(api_key=api_key, model=embedding_model.name)
     _check_task(embedding_model, options.get("task"))
     if input_url:
         _check_url(input_url, param="input_url", label="input")
@@ -317,6 +319,7 @@ def batch_job_create_openai(
         )
     lines = batch_lines_from_jsonl(bytes(file.content))
     embedding_model = batch_lines_model(lines=lines, model=None)
+    api_key_model_check(api_key=api_key, model=embedding_model.name)
     _lock_key(api_key)
     _check_balance(api_key)
     _check_job_quota(api_key, lines=len(lines), input_url=False)

@@ -24,6 +24,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from batch.api_schema import (
+    BatchList,
+    JinaBatchStatus,
+    MetadataInputField,
+    OpenAIBatch,
+    OpenAIFile,
+    OpenAIFileDeleted,
+    OpenAIFileList,
+)
 from batch.formats import jina_batch_status, openai_batch, openai_file, openai_result_file
 from batch.lines import EMBEDDINGS_ENDPOINT, MAX_CUSTOM_ID_LENGTH, batch_lines_from_list
 from batch.models import BatchFile, BatchJob
@@ -170,15 +179,39 @@ class BatchEmbeddingCreateApi(BatchApiView):
         input_url = serializers.URLField(
             required=False, max_length=2000, help_text="An http(s) URL of a JSONL file of lines."
         )
-        model = StrictCharField(required=False, allow_null=True, max_length=200)
-        task = StrictCharField(required=False, allow_null=True, max_length=100)
-        dimensions = StrictPositiveIntegerField(required=False, allow_null=True)
-        normalized = StrictBooleanField(required=False, allow_null=True)
-        embedding_type = EmbeddingTypeField(required=False, allow_null=True)
-        encoding_type = EmbeddingTypeField(required=False, allow_null=True)
-        encoding_format = EmbeddingTypeField(required=False, allow_null=True)
-        truncate = StrictBooleanField(required=False, allow_null=True)
-        late_chunking = StrictBooleanField(required=False, allow_null=True)
+        model = StrictCharField(
+            required=False,
+            allow_null=True,
+            max_length=200,
+            help_text="The model for every line (default: EMBEDDINGS_DEFAULT_MODEL).",
+        )
+        task = StrictCharField(
+            required=False,
+            allow_null=True,
+            max_length=100,
+            help_text="Every line's `task`, unless the line names its own.",
+        )
+        dimensions = StrictPositiveIntegerField(
+            required=False, allow_null=True, help_text="Every line's `dimensions`."
+        )
+        normalized = StrictBooleanField(
+            required=False, allow_null=True, help_text="Every line's `normalized`."
+        )
+        embedding_type = EmbeddingTypeField(
+            required=False, allow_null=True, help_text="Every line's `embedding_type`."
+        )
+        encoding_type = EmbeddingTypeField(
+            required=False, allow_null=True, help_text="Older Jina clients' `embedding_type`."
+        )
+        encoding_format = EmbeddingTypeField(
+            required=False, allow_null=True, help_text="OpenAI's `embedding_type`."
+        )
+        truncate = StrictBooleanField(
+            required=False, allow_null=True, help_text="Every line's `truncate`."
+        )
+        late_chunking = StrictBooleanField(
+            required=False, allow_null=True, help_text="Every line's `late_chunking`."
+        )
         # Taken as sent (StrictCharField): a secret with its spaces trimmed would sign with
         # another secret.
         webhook_url = StrictCharField(
@@ -186,6 +219,7 @@ class BatchEmbeddingCreateApi(BatchApiView):
             allow_null=True,
             allow_blank=True,
             max_length=2000,
+            help_text="Called with the job's BatchStatus when it stops.",
         )
         webhook_secret = StrictCharField(
             required=False,
@@ -193,6 +227,7 @@ class BatchEmbeddingCreateApi(BatchApiView):
             allow_blank=True,
             min_length=16,
             max_length=100,
+            help_text="Signs each webhook call (HMAC-SHA256), so the receiver can check it.",
         )
 
         def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +254,7 @@ class BatchEmbeddingCreateApi(BatchApiView):
         operation_id="batch_embeddings_create",
         summary="Create a batch job (Jina format)",
         request=InputSerializer,
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: JinaBatchStatus, **BATCH_ERRORS},
     )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -245,7 +280,7 @@ class BatchJobApi(BatchApiView):
     @extend_schema(
         operation_id="batch_retrieve",
         summary="A batch job (Jina BatchStatus)",
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: JinaBatchStatus, **BATCH_ERRORS},
     )
     def get(self, request: Request, batch_id: str) -> Response:
         job = self.job_or_404(batch_id)
@@ -254,7 +289,7 @@ class BatchJobApi(BatchApiView):
     @extend_schema(
         operation_id="batch_cancel",
         summary="Cancel a batch job (Jina format)",
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: JinaBatchStatus, **BATCH_ERRORS},
     )
     def delete(self, request: Request, batch_id: str) -> Response:
         job = batch_job_cancel(job=self.job_or_404(batch_id))
@@ -297,13 +332,20 @@ class BatchesApi(BatchApiView):
 
     @extend_schema_serializer(component_name="OpenAIBatchRequest")
     class InputSerializer(serializers.Serializer):
-        input_file_id = StrictCharField(max_length=100)
-        endpoint = serializers.ChoiceField(choices=[EMBEDDINGS_ENDPOINT])
-        completion_window = serializers.ChoiceField(choices=[COMPLETION_WINDOW])
-        metadata = serializers.DictField(
+        input_file_id = StrictCharField(
+            max_length=100, help_text="The `id` of a JSONL file uploaded to POST /v1/files."
+        )
+        endpoint = serializers.ChoiceField(
+            choices=[EMBEDDINGS_ENDPOINT], help_text="What each line calls."
+        )
+        completion_window = serializers.ChoiceField(
+            choices=[COMPLETION_WINDOW], help_text="OpenAI's; the one window served."
+        )
+        metadata = MetadataInputField(
             child=StrictCharField(max_length=512, allow_blank=True),
             required=False,
             allow_null=True,
+            help_text="Up to 16 string pairs kept with the batch.",
         )
 
         def validate_metadata(self, value: dict[str, str] | None) -> dict[str, str] | None:
@@ -314,7 +356,7 @@ class BatchesApi(BatchApiView):
     @extend_schema(
         operation_id="batches_list",
         summary="List batch jobs (OpenAI list; ?shape=jina for BatchStatus)",
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: BatchList, **BATCH_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = _page(request)
@@ -340,7 +382,7 @@ class BatchesApi(BatchApiView):
         operation_id="batches_create",
         summary="Create a batch (OpenAI format)",
         request=InputSerializer,
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: OpenAIBatch, **BATCH_ERRORS},
     )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -362,7 +404,7 @@ class BatchDetailApi(BatchApiView):
     @extend_schema(
         operation_id="batches_retrieve",
         summary="A batch (OpenAI Batch object)",
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: OpenAIBatch, **BATCH_ERRORS},
     )
     def get(self, request: Request, batch_id: str) -> Response:
         return Response(openai_batch(self.job_or_404(batch_id), base_url=self.base_url()))
@@ -375,7 +417,7 @@ class BatchCancelApi(BatchApiView):
         operation_id="batches_cancel",
         summary="Cancel a batch (OpenAI format)",
         request=None,
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: OpenAIBatch, **BATCH_ERRORS},
     )
     def post(self, request: Request, batch_id: str) -> Response:
         job = batch_job_cancel(job=self.job_or_404(batch_id))
@@ -390,9 +432,12 @@ class FilesApi(BatchApiView):
 
     @extend_schema_serializer(component_name="FileUploadRequest")
     class InputSerializer(serializers.Serializer):
-        file = serializers.FileField(allow_empty_file=True)
+        file = serializers.FileField(
+            allow_empty_file=True, help_text="JSONL: one request line per line."
+        )
         purpose = serializers.ChoiceField(
             choices=["batch"],
+            help_text="What the file is for: batch jobs only.",
             error_messages={
                 "invalid_choice": "This server keeps files for batch jobs only; purpose must "
                 "be 'batch', not {input!r}."
@@ -403,7 +448,7 @@ class FilesApi(BatchApiView):
         operation_id="files_create",
         summary="Upload a JSONL batch input file (OpenAI format)",
         request=InputSerializer,
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: OpenAIFile, **BATCH_ERRORS},
     )
     def post(self, request: Request) -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -417,7 +462,7 @@ class FilesApi(BatchApiView):
     @extend_schema(
         operation_id="files_list",
         summary="List files",
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: OpenAIFileList, **BATCH_ERRORS},
     )
     def get(self, request: Request) -> Response:
         page = _page(request)
@@ -444,7 +489,7 @@ class FileDetailApi(BatchApiView):
     @extend_schema(
         operation_id="files_retrieve",
         summary="A file",
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: OpenAIFile, **BATCH_ERRORS},
     )
     def get(self, request: Request, file_id: str) -> Response:
         result = batch_result_file_get(api_key=self.api_key, file_id=file_id)
@@ -457,7 +502,7 @@ class FileDetailApi(BatchApiView):
     @extend_schema(
         operation_id="files_delete",
         summary="Delete a file",
-        responses={200: OpenApiTypes.OBJECT, **BATCH_ERRORS},
+        responses={200: OpenAIFileDeleted, **BATCH_ERRORS},
     )
     def delete(self, request: Request, file_id: str) -> Response:
         file = self._upload_or_404(file_id)

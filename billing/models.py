@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.base_user import BaseUserManager
@@ -81,6 +82,15 @@ class ApiKey(models.Model):
     concurrency_limit = models.PositiveIntegerField(
         null=True, blank=True, help_text="Overrides the tier."
     )
+    # After this moment the API refuses the key (AUTH_KEY_EXPIRED); checked on every request,
+    # so it takes effect at its time even while the key sits in a process's key cache.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Model names this key may use; empty: every model.
+    allowed_models = models.JSONField(default=list, blank=True)
+    # E-mail the owner once when a debit takes the balance below this; a top-up that lifts the
+    # balance to it or above re-arms the alert (low_balance_alerted_at back to None).
+    low_balance_alert_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    low_balance_alerted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -98,6 +108,14 @@ class ApiKey(models.Model):
     def is_active(self) -> bool:
         return self.revoked_at is None
 
+    def is_expired(self, *, at: datetime | None = None) -> bool:
+        """Whether the key's expiry has passed (at `at`, default now)."""
+        return self.expires_at is not None and self.expires_at <= (at or timezone.now())
+
+    def allows_model(self, name: str) -> bool:
+        """Whether the key may use the model of this (canonical) name."""
+        return not self.allowed_models or name in self.allowed_models
+
 
 class LedgerEntry(models.Model):
     """One append-only change to a key's balance; a key's balance is the sum of its entries."""
@@ -110,6 +128,9 @@ class LedgerEntry(models.Model):
         REFUND = "refund", "Refund"
         ADJUSTMENT = "adjustment", "Adjustment"
         PAYMENT_REFUND = "payment_refund", "Payment refunded"
+        # The two halves of one move of tokens between two keys of one user, written together.
+        TRANSFER_OUT = "transfer_out", "Moved to another key"
+        TRANSFER_IN = "transfer_in", "Moved from another key"
 
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="ledger_entries")
     kind = models.CharField(max_length=20, choices=Kind.choices)
@@ -268,7 +289,15 @@ class AutoRecharge(models.Model):
     # the next charge, so every trigger before it settles collapses into that one charge.
     generation = models.PositiveIntegerField(default=0)
     in_flight_since = models.DateTimeField(null=True, blank=True)
+
+    class PauseCause(models.TextChoices):
+        CONFIRM = "confirm", "The bank asks the buyer to confirm a payment"
+        CARD = "card", "The card failed or there is none"
+        CAP = "cap", "The monthly cap is reached"
+
     paused_reason = models.CharField(max_length=255, blank=True)
+    # What the user can do about the pause: the banner's advice follows it.
+    paused_cause = models.CharField(max_length=10, choices=PauseCause.choices, blank=True)
     paused_at = models.DateTimeField(null=True, blank=True)
     pending_payment = models.ForeignKey(
         Payment,

@@ -69,6 +69,7 @@ def _billing_page_render(
     user = _user(request)
     keys = list(api_key_list(user=user).filter(revoked_at__isnull=True))
     recharges = {key.pk: payments.auto_recharge_get(api_key=key) for key in keys}
+    selected, key_refused = _key_to_preselect(request, user=user, keys=keys)
     context: dict[str, Any] = {
         "stripe_configured": stripe_api.is_configured(),
         "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
@@ -78,11 +79,33 @@ def _billing_page_render(
         # The auto-recharge form that was refused, and why, shown on that form.
         "refused_key_pk": refused_key.pk if refused_key else None,
         "recharge_errors": recharge_errors or [],
-        "selected_key": request.GET.get("key", ""),
+        "selected_key": selected,
+        "key_refused": key_refused,
+        "cap_currency": payments.auto_recharge_cap_currency(),
         "payments": payments.payment_list(user=user),
         "card_label": user.card_label,
     }
     return render(request, "billing/billing.html", context, status=status)
+
+
+def _key_to_preselect(request: HttpRequest, *, user: User, keys: list[ApiKey]) -> tuple[str, str]:
+    """The `?key=` the page was linked with, if it is one of the user's active keys; else
+    nothing is preselected (paying would credit a key the buyer did not pick) and a message
+    says why."""
+    wanted = request.GET.get("key", "")
+    if not wanted or any(str(key.pk) == wanted for key in keys):
+        return wanted, ""
+    revoked = (
+        ApiKey.objects.filter(pk=int(wanted), user=user).exclude(revoked_at=None).first()
+        if wanted.isdigit()
+        else None
+    )
+    if revoked is not None:
+        return "", (
+            f"Key {revoked.name} ({revoked.prefix}…) is revoked: it cannot be topped up. "
+            "Choose another key below; its page can move its tokens to another key."
+        )
+    return "", "That link names none of your active keys. Choose a key below."
 
 
 @login_required

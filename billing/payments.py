@@ -23,7 +23,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing import stripe_api
+from billing.alerts import low_balance_alert_rearm
 from billing.models import ApiKey, AutoRecharge, LedgerEntry, Payment, User
+from billing.receipt_email import receipt_email_queue
 from metering.ledger import balance_credit, balance_take_back
 
 logger = logging.getLogger(__name__)
@@ -215,6 +217,8 @@ def payment_apply_intent(*, intent: stripe_api.Intent) -> Payment | None:
             )
             payment.credited_tokens = payment.tokens
             payment.failure_message = ""
+            low_balance_alert_rearm(api_key_id=payment.api_key_id)
+            receipt_email_queue(payment=payment)
         payment.status = Payment.Status.SUCCEEDED
         _apply_refund(payment=payment, amount_refunded=intent.amount_refunded)
     elif payment.credited_tokens == 0:
@@ -319,6 +323,12 @@ def auto_recharge_configure(
     return recharge
 
 
+def auto_recharge_cap_currency() -> str:
+    """The currency the monthly cap is typed in: the packs' (a cap counts what they cost)."""
+    currencies = sorted({pack.currency for pack in token_packs()})
+    return ", ".join(currency.upper() for currency in currencies) or "USD"
+
+
 def auto_recharge_wanted(*, api_key: ApiKey) -> bool:
     """After a debit: does this key's balance sit under an active auto-recharge threshold?"""
     try:
@@ -372,7 +382,11 @@ def auto_recharge_run(*, api_key_id: int) -> Payment | None:
             return None
         pack = _auto_recharge_pack(recharge=recharge)
         if pack is None or not user.stripe_payment_method_id:
-            _auto_recharge_pause(recharge=recharge, reason="There is no saved card to charge.")
+            _auto_recharge_pause(
+                recharge=recharge,
+                reason="There is no saved card to charge.",
+                cause=AutoRecharge.PauseCause.CARD,
+            )
             return None
         month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         spent = (
@@ -388,6 +402,7 @@ def auto_recharge_run(*, api_key_id: int) -> Payment | None:
                 recharge=recharge,
                 reason=f"This month's auto-recharge cap ({recharge.monthly_cap_amount / 100:,.2f} "
                 f"{pack.currency.upper()}) is reached.",
+                cause=AutoRecharge.PauseCause.CAP,
             )
             return None
         idempotency_key = f"ar:{api_key_id}:{recharge.generation}"
@@ -438,7 +453,12 @@ def _auto_recharge_settled(*, payment: Payment) -> None:
             else f"The auto-recharge payment failed: {payment.failure_message}"
         )
         recharge.pending_payment = payment
-        _auto_recharge_pause(recharge=recharge, reason=reason, payment=payment)
+        cause = (
+            AutoRecharge.PauseCause.CONFIRM
+            if payment.status == Payment.Status.REQUIRES_ACTION
+            else AutoRecharge.PauseCause.CARD
+        )
+        _auto_recharge_pause(recharge=recharge, reason=reason, payment=payment, cause=cause)
     elif payment.status == Payment.Status.SUCCEEDED and recharge.pending_payment_id == payment.pk:
         # The buyer finished the payment the pause asked for: auto-recharge goes on.
         AutoRecharge.objects.filter(pk=recharge.pk).update(
@@ -446,28 +466,40 @@ def _auto_recharge_settled(*, payment: Payment) -> None:
         )
 
 
+# What the banner and the e-mail ask of the user, by why auto-recharge paused.
+_PAUSE_ACTIONS: dict[str, str] = {
+    AutoRecharge.PauseCause.CONFIRM: "Confirm the payment with your bank",
+    AutoRecharge.PauseCause.CARD: "Update your card",
+    AutoRecharge.PauseCause.CAP: "Raise the monthly cap, or top up by hand until next month",
+}
+
+
 def _auto_recharge_pause(
-    *, recharge: AutoRecharge, reason: str, payment: Payment | None = None
+    *, recharge: AutoRecharge, reason: str, cause: str, payment: Payment | None = None
 ) -> None:
     """Stop auto-recharge until the user acts, and tell them by e-mail (sent after commit)."""
     AutoRecharge.objects.filter(pk=recharge.pk).update(
         paused_at=timezone.now(),
         paused_reason=reason[:255],
+        paused_cause=cause,
         in_flight_since=None,
         pending_payment=payment if payment is not None else recharge.pending_payment,
     )
     user = recharge.api_key.user
     key_prefix = recharge.api_key.prefix
     link = settings.SITE_URL + (
-        reverse("payment-detail", args=[payment.pk]) if payment is not None else reverse("billing")
+        reverse("payment-detail", args=[payment.pk])
+        if payment is not None
+        else reverse("billing") + f"#auto-recharge-{recharge.api_key_id}"
     )
+    action = _PAUSE_ACTIONS.get(cause, "Open your billing page")
 
     def notify() -> None:
         send_mail(
             subject=f"Auto-recharge paused for key {key_prefix}",
             message=(
                 f"{reason}\n\nAuto-recharge for your API key {key_prefix} is paused; no tokens "
-                f"were added. Finish the payment or update your card here:\n\n{link}\n"
+                f"were added. {action} here:\n\n{link}\n"
             ),
             from_email=settings.DEFAULT_FROM_EMAIL,
             recipient_list=[user.email],
@@ -483,14 +515,27 @@ def auto_recharge_notices(*, user: User) -> list[dict[str, Any]]:
     for recharge in AutoRecharge.objects.filter(
         api_key__user=user, enabled=True, paused_at__isnull=False
     ).select_related("api_key", "pending_payment"):
-        link = (
-            reverse("payment-detail", args=[recharge.pending_payment_id])
-            if recharge.pending_payment_id
+        confirm = (
+            recharge.pending_payment_id
             and recharge.pending_payment is not None
             and recharge.pending_payment.status == Payment.Status.REQUIRES_ACTION
-            else reverse("billing")
         )
-        notices.append({"key": recharge.api_key, "reason": recharge.paused_reason, "link": link})
+        cause = recharge.paused_cause or (
+            AutoRecharge.PauseCause.CONFIRM if confirm else AutoRecharge.PauseCause.CARD
+        )
+        link = (
+            reverse("payment-detail", args=[recharge.pending_payment_id])
+            if confirm and cause == AutoRecharge.PauseCause.CONFIRM
+            else reverse("billing") + f"#auto-recharge-{recharge.api_key_id}"
+        )
+        notices.append(
+            {
+                "key": recharge.api_key,
+                "reason": recharge.paused_reason,
+                "link": link,
+                "action": _PAUSE_ACTIONS.get(cause, "Open your billing page"),
+            }
+        )
     return notices
 
 

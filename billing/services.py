@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from billing.models import ApiKey, LedgerEntry, Tier, User, VisitorTrialCount
 from metering.keys import key_digest, key_display_prefix, key_generate
-from metering.ledger import balance_credit
+from metering.ledger import InsufficientBalance, TransferRefused, balance_credit, balance_transfer
 from metering.selectors import api_key_cache_clear
 
 
@@ -246,6 +246,16 @@ def api_key_create(
     return api_key, plaintext
 
 
+def api_key_name_unique(*, user: User, name: str) -> str:
+    """`name`, or "name 2", "name 3", … when the user already has a key of that name."""
+    taken = set(
+        ApiKey.objects.filter(user=user, name__startswith=name).values_list("name", flat=True)
+    )
+    if name not in taken:
+        return name
+    return next(f"{name} {n}" for n in range(2, len(taken) + 3) if f"{name} {n}" not in taken)
+
+
 def api_key_grant(*, api_key: ApiKey, tokens: int, note: str = "") -> LedgerEntry:
     """An operator's grant of tokens to a key."""
     return balance_credit(
@@ -273,6 +283,48 @@ def api_key_set_limits(
     return api_key
 
 
+class TokensMoveRefused(Exception):
+    """A move of tokens between keys that cannot happen, with a message for the owner."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def api_key_tokens_move(
+    *, user: User, source: ApiKey, destination: ApiKey, tokens: int | None
+) -> int:
+    """Move tokens (all of them when None) from one of the user's keys to another active one, as
+    one ledger transfer. Returns the tokens moved."""
+    if source.user_id != user.pk or destination.user_id != user.pk:
+        raise TokensMoveRefused("Choose two of your own keys.")
+    try:
+        return balance_transfer(source=source, destination=destination, tokens=tokens)
+    except InsufficientBalance as exc:
+        source.refresh_from_db(fields=["balance"])
+        held = f"Key {source.prefix}… holds {source.balance:,} tokens"
+        raise TokensMoveRefused(
+            f"{held}; it cannot move {tokens:,}." if tokens else f"{held}: nothing to move."
+        ) from exc
+    except TransferRefused as exc:
+        raise TokensMoveRefused(str(exc)) from exc
+
+
+@transaction.atomic
+def api_key_revoke_moving_tokens(*, user: User, api_key: ApiKey, destination: ApiKey) -> int:
+    """Revoke a key and move everything it holds to another of the user's keys, together.
+
+    Revoked first, then whatever the key holds at that moment moves (under its row lock). A
+    request admitted just before, and refunded later, leaves its tokens on the revoked key,
+    whose page can still move them.
+    """
+    api_key_revoke(api_key=api_key)
+    balance = ApiKey.objects.values_list("balance", flat=True).get(pk=api_key.pk)
+    if balance <= 0:
+        return 0
+    return api_key_tokens_move(user=user, source=api_key, destination=destination, tokens=None)
+
+
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     """Revoke a key; every later request with it is refused."""
     if api_key.revoked_at is None:
@@ -282,3 +334,38 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
         )
     api_key_cache_clear()
     return api_key
+
+
+@transaction.atomic
+def api_key_settings_update(
+    *,
+    api_key: ApiKey,
+    name: str,
+    expires_at: datetime | None,
+    allowed_models: list[str],
+    low_balance_alert_tokens: int | None,
+) -> ApiKey:
+    """Rename a key and set (or clear) its expiry, allowed models and low-balance alert.
+
+    Every process sees the change within KEY_CACHE_SECONDS, this one at once; an expiry itself is
+    compared with the clock on each request, so it takes effect at its time.
+    """
+    locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if low_balance_alert_tokens != locked.low_balance_alert_tokens:
+        # A new threshold is a new alert: it fires when a debit takes the balance below it.
+        locked.low_balance_alerted_at = None
+    locked.name = name.strip()[:100] or locked.name
+    locked.expires_at = expires_at
+    locked.allowed_models = sorted(set(allowed_models))
+    locked.low_balance_alert_tokens = low_balance_alert_tokens
+    locked.save(
+        update_fields=[
+            "name",
+            "expires_at",
+            "allowed_models",
+            "low_balance_alert_tokens",
+            "low_balance_alerted_at",
+        ]
+    )
+    api_key_cache_clear()
+    return locked

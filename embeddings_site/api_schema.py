@@ -100,7 +100,12 @@ _ENCODED_VECTOR: dict[str, Any] = {
     "anyOf": [
         {"type": "array", "items": {"type": "number"}},
         {"type": "string"},
-        {"type": "object", "additionalProperties": {}},
+        {
+            "type": "object",
+            "additionalProperties": {
+                "anyOf": [{"type": "array", "items": {"type": "number"}}, {"type": "string"}]
+            },
+        },
     ],
     "description": "Floats, base64 bytes (float32 little-endian unless embed_dtype / "
     "endianness say otherwise), packed bits, or one of each type asked for.",
@@ -189,10 +194,34 @@ Model = inline_serializer(
         "owned_by": serializers.CharField(),
         "name": serializers.CharField(),
         "hugging_face_id": serializers.CharField(),
+        "description": serializers.CharField(),
         "input_modalities": serializers.ListField(child=serializers.CharField()),
-        "context_length": serializers.IntegerField(),
-        "max_output_length": serializers.IntegerField(),
-        "pricing": serializers.DictField(child=serializers.CharField()),
+        "output_modalities": serializers.ListField(child=serializers.CharField()),
+        "context_length": serializers.IntegerField(help_text="Longest input, in tokens."),
+        "max_output_length": serializers.IntegerField(help_text="The vector's dimensions."),
+        "pricing": inline_serializer(
+            "ModelPricing",
+            {
+                name: serializers.CharField(help_text=help_text)
+                for name, help_text in (
+                    ("prompt", "USD per input token."),
+                    ("completion", "Always 0."),
+                    ("image", "Always 0: images are priced as tokens (tiles)."),
+                    ("request", "Always 0."),
+                    ("input_cache_read", "Always 0."),
+                    ("input_cache_write", "Always 0."),
+                )
+            },
+        ),
+        "dimensions": serializers.IntegerField(),
+        "max_tokens": serializers.IntegerField(),
+        "matryoshka": serializers.BooleanField(help_text="Trained for truncated `dimensions`."),
+        "tasks": serializers.ListField(child=serializers.CharField()),
+        "default_task": serializers.CharField(allow_null=True),
+        "kind": serializers.CharField(help_text="embedding or reranker."),
+        "operations": serializers.ListField(
+            child=serializers.CharField(), help_text="The /v1 operations the model serves."
+        ),
     },
 )
 ModelList = inline_serializer(
@@ -295,9 +324,40 @@ COMPONENT_CONSTRAINTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _drop_doubled_request_suffix(result: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """`EmbeddingRequestRequest` → `EmbeddingRequest`: COMPONENT_SPLIT_REQUEST appends "Request"
+    to every request component, and the request serializers' names already end with it. Every
+    `$ref` to a renamed component follows it."""
+    renames = {
+        name: name.removesuffix("Request")
+        for name in list(schemas)
+        if name.endswith("RequestRequest") and name.removesuffix("Request") not in schemas
+    }
+    if not renames:
+        return
+    for old, new in renames.items():
+        schemas[new] = schemas.pop(old)
+    refs = {
+        f"#/components/schemas/{old}": f"#/components/schemas/{new}" for old, new in renames.items()
+    }
+
+    def follow(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref in refs:
+                node["$ref"] = refs[ref]
+            for value in node.values():
+                follow(value)
+        elif isinstance(node, list):
+            for value in node:
+                follow(value)
+
+    follow(result)
+
+
 def without_trailing_slash(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Postprocessing hook: /v1 routes take an optional slash; document them without it. Adds
-    COMPONENT_CONSTRAINTS."""
+    COMPONENT_CONSTRAINTS, and names request components without a doubled "Request"."""
     result["paths"] = {path.rstrip("/"): item for path, item in result.get("paths", {}).items()}
     # A body whose fields are each optional is still required (`{}` at least): drf-spectacular
     # marks it optional, which would make "no body at all" valid.
@@ -306,6 +366,7 @@ def without_trailing_slash(result: dict[str, Any], **kwargs: Any) -> dict[str, A
             if isinstance(operation, dict) and "requestBody" in operation:
                 operation["requestBody"]["required"] = True
     schemas = result.get("components", {}).get("schemas", {})
+    _drop_doubled_request_suffix(result, schemas)
     for name, constraint in COMPONENT_CONSTRAINTS.items():
         for component in (name, f"{name}Request"):  # drf-spectacular's request components
             if component in schemas:

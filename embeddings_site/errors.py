@@ -37,6 +37,8 @@ class ErrorCode(StrEnum):
     AUTH_MISSING_API_KEY = "AUTH_MISSING_API_KEY"
     AUTH_INVALID_API_KEY = "AUTH_INVALID_API_KEY"
     AUTH_INVALID_FORMAT = "AUTH_INVALID_FORMAT"
+    AUTH_KEY_EXPIRED = "AUTH_KEY_EXPIRED"
+    AUTH_MODEL_NOT_ALLOWED = "AUTH_MODEL_NOT_ALLOWED"
     AUTHZ_INSUFFICIENT_BALANCE = "AUTHZ_INSUFFICIENT_BALANCE"
     AUTHZ_FORBIDDEN = "AUTHZ_FORBIDDEN"
     RESOURCE_NOT_FOUND = "RESOURCE_NOT_FOUND"
@@ -71,6 +73,8 @@ ERROR_TABLE: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.AUTH_MISSING_API_KEY: (401, "invalid_request_error"),
     ErrorCode.AUTH_INVALID_API_KEY: (401, "invalid_request_error"),
     ErrorCode.AUTH_INVALID_FORMAT: (401, "invalid_request_error"),
+    ErrorCode.AUTH_KEY_EXPIRED: (401, "invalid_request_error"),
+    ErrorCode.AUTH_MODEL_NOT_ALLOWED: (403, "permission_error"),
     ErrorCode.AUTHZ_INSUFFICIENT_BALANCE: (403, "insufficient_quota"),
     ErrorCode.AUTHZ_FORBIDDEN: (403, "permission_error"),
     ErrorCode.RESOURCE_NOT_FOUND: (404, "invalid_request_error"),

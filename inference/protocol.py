@@ -289,10 +289,26 @@ class EmbeddingRequestSerializer(serializers.Serializer):
     """The body of POST /v1/embeddings in either wire format."""
 
     input = EmbeddingInputField()
-    model = StrictCharField(required=False, allow_null=True, max_length=200)
-    task = StrictCharField(required=False, allow_null=True, max_length=100)
-    dimensions = StrictPositiveIntegerField(required=False, allow_null=True)
-    normalized = StrictBooleanField(required=False, allow_null=True)
+    model = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=200,
+        help_text="A model of GET /v1/models (default: EMBEDDINGS_DEFAULT_MODEL).",
+    )
+    task = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=100,
+        help_text="What the vectors are for (e.g. retrieval.query); the model's own tasks only.",
+    )
+    dimensions = StrictPositiveIntegerField(
+        required=False,
+        allow_null=True,
+        help_text="Keep the first N dimensions of each vector (Matryoshka truncation).",
+    )
+    normalized = StrictBooleanField(
+        required=False, allow_null=True, help_text="Scale each vector to unit length (L2)."
+    )
     normalize = StrictBooleanField(
         required=False, allow_null=True, help_text="vLLM's spelling of `normalized`."
     )
@@ -301,11 +317,27 @@ class EmbeddingRequestSerializer(serializers.Serializer):
         allow_null=True,
         help_text="vLLM's (0.11+) spelling of `normalized` for embeddings.",
     )
-    embedding_type = EmbeddingTypeField(required=False, allow_null=True)
-    encoding_type = EmbeddingTypeField(required=False, allow_null=True)  # older Jina clients
-    encoding_format = EmbeddingTypeField(required=False, allow_null=True)  # OpenAI
-    truncate = StrictBooleanField(required=False, allow_null=True)
-    late_chunking = StrictBooleanField(required=False, allow_null=True)
+    embedding_type = EmbeddingTypeField(
+        required=False,
+        allow_null=True,
+        help_text="float, base64, binary or ubinary; a list asks for each of them.",
+    )
+    encoding_type = EmbeddingTypeField(  # older Jina clients
+        required=False, allow_null=True, help_text="Older Jina clients' `embedding_type`."
+    )
+    encoding_format = EmbeddingTypeField(  # OpenAI
+        required=False, allow_null=True, help_text="OpenAI's `embedding_type`."
+    )
+    truncate = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="Cut inputs longer than the model's context (default false: 400).",
+    )
+    late_chunking = StrictBooleanField(
+        required=False,
+        allow_null=True,
+        help_text="Embed the inputs as one text, then pool each input's own tokens.",
+    )
     return_multivector = StrictBooleanField(
         required=False,
         allow_null=True,
@@ -342,8 +374,18 @@ class EmbeddingRequestSerializer(serializers.Serializer):
         allow_null=True,
         help_text="vLLM's; max_length padding is not served (it would change the vectors).",
     )
-    add_special_tokens = SpecialTokensField(required=False, allow_null=True)
-    user = StrictCharField(required=False, allow_null=True, allow_blank=True, max_length=500)
+    add_special_tokens = SpecialTokensField(
+        required=False,
+        allow_null=True,
+        help_text="vLLM's: add the model's special tokens (true, the default, only).",
+    )
+    user = StrictCharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        max_length=500,
+        help_text="OpenAI's end-user id: accepted and ignored.",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         body = self.initial_data if isinstance(self.initial_data, dict) else {}

@@ -115,7 +115,7 @@ class JinaRerankRequestSerializer(serializers.Serializer):
         max_length=200,
         help_text="A reranker, or any embedding model (cosine). Default: RERANK_DEFAULT_MODEL.",
     )
-    query = RerankQueryField()
+    query = RerankQueryField(help_text="What the documents are ranked against.")
     documents = RerankDocumentsField()
     top_n = StrictPositiveIntegerField(
         required=False, allow_null=True, help_text="Return the best N (default: all)."
@@ -134,7 +134,9 @@ class JinaRerankRequestSerializer(serializers.Serializer):
     max_doc_length = StrictPositiveIntegerField(
         required=False, allow_null=True, help_text="Cut each document to this many tokens."
     )
-    return_embeddings = RefusedWhenTrueField(required=False, allow_null=True)
+    return_embeddings = RefusedWhenTrueField(
+        required=False, allow_null=True, help_text="Not served: false or omitted."
+    )
 
     def to_request(self) -> RerankRequest:
         data = self.validated_data
@@ -187,17 +189,28 @@ class PriorityField(serializers.Field):
 class CohereRerankRequestSerializer(serializers.Serializer):
     """The body of POST /v2/rerank (Cohere's v2 rerank)."""
 
-    model = StrictCharField(required=False, allow_null=True, max_length=200)
-    query = RerankQueryField()
+    model = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=200,
+        help_text="A reranker, or any embedding model (cosine). Default: RERANK_DEFAULT_MODEL.",
+    )
+    query = RerankQueryField(help_text="What the documents are ranked against.")
     documents = RerankDocumentsField()
-    top_n = StrictPositiveIntegerField(required=False, allow_null=True)
+    top_n = StrictPositiveIntegerField(
+        required=False, allow_null=True, help_text="Return the best N (default: all)."
+    )
     max_tokens_per_doc = StrictPositiveIntegerField(
         required=False,
         allow_null=True,
         help_text=f"Cut each document to this many tokens (default {COHERE_MAX_TOKENS_PER_DOC}).",
     )
     relevant_spans = RelevantSpansField(required=False, allow_null=True)
-    priority = PriorityField(required=False, allow_null=True)
+    priority = PriorityField(
+        required=False,
+        allow_null=True,
+        help_text="Cohere's: accepted; requests are served in arrival order.",
+    )
 
     def to_request(self) -> RerankRequest:
         data = self.validated_data

@@ -58,7 +58,12 @@ class TextsField(serializers.Field):
 class TokenizeRequestSerializer(serializers.Serializer):
     """Exactly one of `prompt` (vLLM), `inputs` (TEI) or `content` (Jina's segmenter)."""
 
-    model = StrictCharField(required=False, allow_null=True, max_length=200)
+    model = StrictCharField(
+        required=False,
+        allow_null=True,
+        max_length=200,
+        help_text="Whose tokenizer (default: EMBEDDINGS_DEFAULT_MODEL).",
+    )
     prompt = StrictCharField(required=False, allow_blank=True, help_text="vLLM's: the text.")
     inputs = TextsField(required=False)
     content = StrictCharField(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
 
 from billing.models import ApiKey, User
 from embeddings_site.errors import ApiError, ErrorCode
-from metering.selectors import api_key_get_active
+from metering.selectors import api_key_get_active, api_key_refusal_message
 from metering.services import api_key_touch
-
-_INVALID_KEY = "Invalid API key. Check the key, or create a new one in your dashboard."
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -33,9 +32,29 @@ class ApiKeyAuthentication(BaseAuthentication):
             )
         api_key = api_key_get_active(key=key)
         if api_key is None:
-            raise ApiError(ErrorCode.AUTH_INVALID_API_KEY, _INVALID_KEY)
+            raise ApiError(ErrorCode.AUTH_INVALID_API_KEY, api_key_refusal_message(key=key))
+        # Read from the key, not the cache's lifetime: an expiry takes effect at its time.
+        if api_key.expires_at is not None and api_key.expires_at <= timezone.now():
+            raise ApiError(
+                ErrorCode.AUTH_KEY_EXPIRED,
+                f"This API key expired at {api_key.expires_at:%Y-%m-%d %H:%M} UTC. Change its "
+                "expiry on the key's page in your dashboard, or create a new key.",
+            )
         api_key_touch(api_key=api_key)
         return api_key.user, api_key
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+def api_key_model_check(*, api_key: ApiKey, model: str) -> None:
+    """Refuse a model the key is not allowed to use (its owner's per-key list), before any work."""
+    if api_key.allows_model(model):
+        return
+    allowed = ", ".join(sorted(api_key.allowed_models))
+    raise ApiError(
+        ErrorCode.AUTH_MODEL_NOT_ALLOWED,
+        f"This API key may not use model '{model}'. It is allowed: {allowed}. Change the key's "
+        "allowed models in your dashboard, or use another key.",
+        param="model",
+    )

@@ -49,6 +49,72 @@ def balance_take_back(*, api_key: ApiKey, tokens: int, reference: str = "") -> i
     return taken
 
 
+class TransferRefused(Exception):
+    """A move of tokens that cannot happen: the keys are one, of two users, or the destination
+    is revoked."""
+
+
+@transaction.atomic
+def balance_transfer(
+    *, source: ApiKey, destination: ApiKey, tokens: int | None, reference: str = ""
+) -> int:
+    """Move tokens from one key to another key of the same user; `None` moves all it holds.
+
+    One transaction writes both entries (a debit on the source, a credit on the destination), so
+    the ledger stays balanced. Both rows are locked in id order, so two moves in opposite
+    directions cannot deadlock, and the debit is conditional: never more than the source holds.
+    The source may be revoked (its tokens can still be rescued); the destination may not.
+    Returns the tokens moved; raises InsufficientBalance or TransferRefused.
+    """
+    if tokens is not None and tokens <= 0:
+        raise ValueError("tokens to move must be positive")
+    if source.pk == destination.pk:
+        raise TransferRefused("A key cannot move tokens to itself.")
+    rows = {
+        row.pk: row
+        for row in ApiKey.objects.select_for_update()
+        .filter(pk__in=[source.pk, destination.pk])
+        .order_by("pk")
+    }
+    locked_source, locked_destination = rows.get(source.pk), rows.get(destination.pk)
+    if locked_source is None or locked_destination is None:
+        raise TransferRefused("Both keys must exist.")
+    if locked_source.user_id != locked_destination.user_id:
+        raise TransferRefused("Tokens move only between keys of one account.")
+    if locked_destination.revoked_at is not None:
+        raise TransferRefused("The destination key is revoked.")
+    amount = locked_source.balance if tokens is None else tokens
+    if amount <= 0:
+        raise InsufficientBalance
+    taken = ApiKey.objects.filter(pk=source.pk, balance__gte=amount).update(
+        balance=F("balance") - amount
+    )
+    if not taken:
+        raise InsufficientBalance
+    ApiKey.objects.filter(pk=destination.pk).update(balance=F("balance") + amount)
+    LedgerEntry.objects.bulk_create(
+        [
+            LedgerEntry(
+                api_key=locked_source,
+                kind=LedgerEntry.Kind.TRANSFER_OUT,
+                tokens=-amount,
+                reference=_with_note(f"to key {locked_destination.prefix}…", reference),
+            ),
+            LedgerEntry(
+                api_key=locked_destination,
+                kind=LedgerEntry.Kind.TRANSFER_IN,
+                tokens=amount,
+                reference=_with_note(f"from key {locked_source.prefix}…", reference),
+            ),
+        ]
+    )
+    return amount
+
+
+def _with_note(reference: str, note: str) -> str:
+    return (f"{reference} ({note})" if note else reference)[:255]
+
+
 @transaction.atomic
 def usage_admit(
     *,

@@ -40,6 +40,7 @@ from billing.models import ApiKey, UsageRecord
 from embeddings_site.deadlines import Deadline, deadline_scope
 from embeddings_site.errors import ApiError, ErrorCode, database_unavailable
 from embeddings_site.metrics import request_observe
+from metering.authentication import api_key_model_check
 from metering.hooks import after_debit_run
 from metering.ledger import InsufficientBalance, usage_admit, usage_refund, usage_succeed
 from metering.limiter import Decision, LimiterUnavailable, Limits, format_duration, get_limiter
@@ -439,6 +440,7 @@ def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
     """Run one operation through the whole lifecycle; the caller settles failures with
     `work.fail()` (the API view's exception handler does) and always calls `work.close()`."""
     work.model = operation.model_name()
+    api_key_model_check(api_key=work.api_key, model=work.model)
     operation.shed()
     work.preadmit(model=work.model, min_tokens=operation.min_tokens())
     with deadline_scope(deadline=work.deadline, tenant=work.tenant):

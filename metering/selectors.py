@@ -36,3 +36,22 @@ def api_key_get_active(*, key: str) -> ApiKey | None:
     if api_key is not None and settings.KEY_CACHE_SECONDS > 0:
         _key_cache.put(digest, api_key, seconds=settings.KEY_CACHE_SECONDS)
     return api_key
+
+
+def api_key_refusal_message(*, key: str) -> str:
+    """Why a well-formed key that is not active is refused, for its holder (only on the refusal
+    path: one query that the hot path never makes)."""
+    if key_is_well_formed(key):
+        row = (
+            ApiKey.objects.filter(digest=key_digest(key))
+            .values("revoked_at", "user__is_active")
+            .first()
+        )
+        if row is not None and not row["user__is_active"]:
+            return (
+                "The account that owns this API key is suspended, so its keys are refused. "
+                "Contact the site's operators to restore it."
+            )
+        if row is not None and row["revoked_at"] is not None:
+            return "This API key was revoked. Create a new key in your dashboard."
+    return "Invalid API key. Check the key, or create a new one in your dashboard."

@@ -1,5 +1,7 @@
-"""Charts as server-rendered SVG: no chart library, no script, readable on a phone and in tests
-(every bar carries its day and value as data attributes and a tooltip)."""
+"""Charts as server-rendered SVG, readable without a script and in tests: every bar carries its
+day and value as data attributes and a tooltip. In the browser, static/charts.js reads those bars
+and draws the same chart with Chart.js (axes, tooltips, labels at a fixed size on any screen),
+hiding the SVG; without scripts the SVG is the chart."""
 
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ def bar_chart(
     width: int = 640,
     height: int = 200,
 ) -> SafeString:
-    """A bar chart of one value per day, with a y-axis maximum and first/last day labels."""
+    """A bar chart of one value per day, with a y-axis maximum and first/last day labels.
+
+    Draw it about as wide (`width`) as the box it is shown in: the SVG scales to fit, and its
+    labels with it."""
     left, right, top, bottom = 44, 8, 10, 24
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((bar.value for bar in bars), default=0) or 1
@@ -42,7 +47,8 @@ def bar_chart(
     bar_w = max(slot * 0.72, 1)
     parts = [
         f'<svg class="chart" id="{escape(chart_id)}" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+        f'aria-label="{escape(title)}" data-unit="{escape(unit)}" '
+        'xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
         f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" class="axis"/>',
         f'<text x="{left - 6}" y="{top + 8}" class="label" text-anchor="end">{_compact(peak)}</text>',

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -24,39 +25,72 @@ def _live_today(records: QuerySet[UsageRecord], by: tuple[str, ...]) -> list[dic
     return list(usage_sums(records.filter(created_at__gte=start), *by))
 
 
+# What a usage table can be grouped by, and the usage row field that holds each.
+GROUP_FIELDS: dict[str, str] = {
+    "day": "day",
+    "model": "model",
+    "key": "api_key__prefix",
+    "endpoint": "endpoint",
+    "user": "api_key__user__email",
+}
+
+
+@dataclass(frozen=True)
+class UsageSlice:
+    """A range of UTC days (both ends included) and what its table is grouped by."""
+
+    start: date
+    end: date
+    group: str = "day"
+
+    @property
+    def days(self) -> list[date]:
+        """Every day of the range, oldest first."""
+        return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
+
+
+def last_days(days: int, *, group: str = "day") -> UsageSlice:
+    """The `days` days that end today."""
+    today = timezone.now().date()
+    return UsageSlice(start=today - timedelta(days=days - 1), end=today, group=group)
+
+
 def usage_by_day(
     *,
     user: User | None = None,
     api_key: ApiKey | None = None,
-    days: int = 30,
+    usage_slice: UsageSlice | None = None,
     by: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Usage per day for the last `days` days (and by e.g. "model", "api_key__prefix")."""
+    """Usage per day of the slice (the last 30 days by default), and by e.g. "model",
+    "api_key__prefix"; days before today from the rollup, today from the request rows."""
+    usage_slice = usage_slice or last_days(30)
     today = timezone.now().date()
-    rolled = UsageDaily.objects.filter(day__gte=today - timedelta(days=days - 1), day__lt=today)
+    rolled = UsageDaily.objects.filter(
+        day__gte=usage_slice.start, day__lte=min(usage_slice.end, today - timedelta(days=1))
+    )
     live = UsageRecord.objects.all()
     if user is not None:
         rolled, live = rolled.filter(api_key__user=user), live.filter(api_key__user=user)
     if api_key is not None:
         rolled, live = rolled.filter(api_key=api_key), live.filter(api_key=api_key)
     rows = list(rolled.values("day", *by).annotate(**{field: Sum(field) for field in USAGE_FIELDS}))
-    rows += [{"day": today, **row} for row in _live_today(live, by)]
+    if usage_slice.start <= today <= usage_slice.end:
+        rows += [{"day": today, **row} for row in _live_today(live, by)]
     for row in rows:
         for field in USAGE_FIELDS:
             row[field] = int(row[field] or 0)
     return sorted(rows, key=lambda row: (row["day"], *(str(row[name]) for name in by)))
 
 
-def usage_bars(*, rows: list[dict[str, Any]], field: str, days: int = 30) -> list[Bar]:
-    """One bar per day (zero where nothing happened) summing `field` over the rows."""
-    today = timezone.now().date()
+def usage_bars(
+    *, rows: list[dict[str, Any]], field: str, usage_slice: UsageSlice | None = None
+) -> list[Bar]:
+    """One bar per day of the slice (zero where nothing happened) summing `field` over the rows."""
     totals: dict[date, float] = {}
     for row in rows:
         totals[row["day"]] = totals.get(row["day"], 0) + row[field]
-    return [
-        Bar(day=day, value=totals.get(day, 0))
-        for day in (today - timedelta(days=offset) for offset in range(days - 1, -1, -1))
-    ]
+    return [Bar(day=day, value=totals.get(day, 0)) for day in (usage_slice or last_days(30)).days]
 
 
 def usage_totals(*, rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
@@ -72,17 +106,44 @@ def usage_totals(*, rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]
     return result
 
 
-def revenue_by_day(*, days: int = 30) -> list[dict[str, Any]]:
-    """Paid amounts per day and currency (minor units), refunds not deducted."""
-    since = timezone.now() - timedelta(days=days)
+def usage_table(*, rows: list[dict[str, Any]], usage_slice: UsageSlice) -> list[dict[str, Any]]:
+    """The slice's table, one entry per group with its `group` value (by day: every day of the
+    range, oldest first, zero where nothing happened; otherwise largest first). The page's table
+    and its CSV are both this list."""
+    by = GROUP_FIELDS[usage_slice.group]
+    totals = {entry[by]: entry for entry in usage_totals(rows=rows, by=by)}
+    if usage_slice.group == "day":
+        empty = {**dict.fromkeys(USAGE_FIELDS, 0), "error_rate": 0.0}
+        return [{**totals.get(day, empty), "group": day} for day in usage_slice.days]
+    return [{**entry, "group": value} for value, entry in totals.items()]
+
+
+def revenue_by_day(*, usage_slice: UsageSlice | None = None) -> list[dict[str, Any]]:
+    """Paid amounts per UTC day of the slice and currency (`amount` in minor units,
+    `amount_major` in major ones), refunds not deducted."""
+    usage_slice = usage_slice or last_days(30)
+    start = datetime.combine(usage_slice.start, time.min, tzinfo=UTC)
     rows = (
-        Payment.objects.filter(created_at__gte=since, credited_tokens__gt=0)
-        .annotate(day=TruncDate("created_at"))
+        Payment.objects.filter(
+            created_at__gte=start,
+            created_at__lt=start + timedelta(days=len(usage_slice.days)),
+            credited_tokens__gt=0,
+        )
+        .annotate(day=TruncDate("created_at", tzinfo=UTC))
         .values("day", "currency")
         .annotate(amount=Sum("amount"), payments=Count("id"))
-        .order_by("day")
+        .order_by("day", "currency")
     )
-    return [dict(row) for row in rows]
+    return [{**row, "amount_major": row["amount"] / 100} for row in rows]
+
+
+def revenue_bars(
+    *, rows: list[dict[str, Any]], currency: str, usage_slice: UsageSlice | None = None
+) -> list[Bar]:
+    """One bar per day of the slice, in major units of `currency`: a single day of payments
+    spans the same days as the usage charts beside it."""
+    amounts = {row["day"]: row["amount"] / 100 for row in rows if row["currency"] == currency}
+    return [Bar(day=day, value=amounts.get(day, 0)) for day in (usage_slice or last_days(30)).days]
 
 
 def key_activity() -> dict[str, int]:

@@ -19,13 +19,36 @@
   keyInput.value = localStorage.getItem(KEY_STORAGE) || "";
   keyInput.addEventListener("change", () => localStorage.setItem(KEY_STORAGE, keyInput.value.trim()));
   $("#pg-show-key").addEventListener("change", (event) => { keyInput.type = event.target.checked ? "text" : "password"; });
-  $("#pg-get-key").addEventListener("click", async () => {
-    const response = await fetch(form.dataset.keyUrl, { method: "POST", headers: { "X-CSRFToken": csrf() }, credentials: "same-origin" });
+  const keyNote = $("#pg-key-note");
+  const signedIn = form.dataset.signedIn === "1";
+  function noteLink(text, href) { return Object.assign(document.createElement("a"), { href, textContent: text }); }
+  async function requestKey(confirmed) {
+    const response = await fetch(form.dataset.keyUrl, {
+      method: "POST", headers: { "X-CSRFToken": csrf() }, credentials: "same-origin",
+      body: new URLSearchParams(confirmed ? { confirm: "1" } : {}),
+    });
     const body = await response.json().catch(() => ({}));
-    if (!response.ok) { $("#pg-key-note").textContent = body.error?.message || body.detail || `HTTP ${response.status}`; return; }
+    if (!response.ok) { keyNote.textContent = body.error?.message || body.detail || `HTTP ${response.status}`; return; }
     keyInput.value = body.key;
     localStorage.setItem(KEY_STORAGE, body.key);
-    $("#pg-key-note").textContent = `Key ${body.prefix}… with ${body.balance.toLocaleString()} tokens, saved in this browser. It is shown only here, once.`;
+    const saved = `Key ${body.name ? `"${body.name}" ` : ""}${body.prefix}… is saved in this browser; it is shown only here, once. `;
+    keyNote.classList.toggle("warn", body.balance <= 0);
+    // A key with no tokens is not handed over silently: say why a request would be refused.
+    keyNote.textContent = body.balance > 0 ? `${saved}It has ${body.balance.toLocaleString()} tokens.` : `${saved}${body.message || "It has 0 tokens."} `;
+    if (body.balance <= 0) {
+      if (body.move_url) keyNote.append(noteLink("Move tokens", body.move_url), " · ");
+      if (body.top_up_url) keyNote.append(noteLink("Top up", body.top_up_url));
+    }
+  }
+  $("#pg-get-key").addEventListener("click", () => {
+    if (!signedIn) { requestKey(false); return; }
+    // Signed in: a key's secret is shown once and never stored, so an existing key cannot be
+    // filled in. Paste one, or create a new key only on an explicit confirm.
+    keyNote.classList.remove("warn");
+    keyNote.textContent = "Paste one of your keys above (its secret was shown once, when you created it), or ";
+    const create = Object.assign(document.createElement("button"), { type: "button", id: "pg-confirm-key", className: "secondary", textContent: "create a new key" });
+    create.addEventListener("click", () => { create.disabled = true; requestKey(true); });
+    keyNote.append(create, " for this browser.");
   });
 
   // --- model and options -------------------------------------------------------------------
@@ -253,6 +276,18 @@
     const text = item.kind === "text" ? item.value : (item.name || item.value);
     return `${index + 1}. ${text.length > 24 ? text.slice(0, 23) + "…" : text}`;
   }
+  // A diverging scale: cosine 0 (unrelated) is neutral grey, similar pairs deepen to blue and
+  // opposite ones to red, so only related pairs stand out.
+  function heatColour(value) {
+    const v = Math.max(-1, Math.min(1, Number(value) || 0));
+    const strength = Math.abs(v);
+    const hue = v < 0 ? 4 : 212;
+    return {
+      background: `hsl(${hue}, ${Math.round(78 * strength)}%, ${Math.round(96 - 50 * strength)}%)`,
+      color: strength > 0.8 ? "#fff" : "#1c2430",
+    };
+  }
+
   function heatmap(vectors) {
     const table = document.createElement("table");
     table.id = "pg-heatmap-table";
@@ -270,9 +305,9 @@
         const cell = row.insertCell();
         cell.textContent = value.toFixed(3);
         cell.dataset.i = i; cell.dataset.j = j; cell.dataset.value = value;
-        const heat = Math.max(0, Math.min(1, (value + 1) / 2));
-        cell.style.background = `hsl(212, 80%, ${96 - 58 * heat}%)`;
-        cell.style.color = heat > 0.7 ? "#fff" : "#1c2430";
+        const colour = heatColour(value);
+        cell.style.background = colour.background;
+        cell.style.color = colour.color;
       });
     });
     $("#pg-heatmap").replaceChildren(table);
@@ -389,6 +424,19 @@
     event.preventDefault();
     const key = keyInput.value.trim();
     localStorage.setItem(KEY_STORAGE, key);
+    if (!key) {
+      // No request without a key: the API would only answer with an authorization code.
+      const how = signedIn
+        ? "Paste one of your API keys above, or use the button to create a key for the playground."
+        : form.dataset.visitorTrials === "1"
+          ? "You need an API key: get a free trial key with the button above, or sign up for an account."
+          : "You need an API key: sign up for an account to get one.";
+      shown[operation] = { data: {}, error: how, status: "" };
+      showResult(shown[operation]);
+      $("#pg-status").textContent = "";
+      keyInput.focus();
+      return;
+    }
     const ran = operation;  // the tab may change while the request is out
     const body = requestBody();
     render();

@@ -275,6 +275,7 @@ def test_logging_out_forgets_the_playground_key_kept_in_this_browser(
     log_in(page, live_server.url, "shared-laptop@example.com")
     page.goto(f"{live_server.url}/")
     page.click("#pg-get-key")
+    page.click("#pg-confirm-key")  # signed in, a key is made only on an explicit confirm
     wait_for_playground_key(page)
     stored = "localStorage.getItem('embeddings.playground.key')"
     assert (page.evaluate(stored) or "").startswith("jina_")

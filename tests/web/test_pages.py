@@ -196,7 +196,12 @@ def test_users_see_and_revoke_only_their_own_keys() -> None:
     assert client.get(f"/dashboard/keys/{theirs.pk}/").status_code == 404
     assert client.post(f"/dashboard/keys/{theirs.pk}/revoke").status_code == 404
     assert ApiKey.objects.get(pk=theirs.pk).revoked_at is None
-    assert client.post(f"/dashboard/keys/{mine.pk}/revoke").status_code == 302
+    # The key holds its trial: revoking it says what becomes of the tokens (issue 16.3).
+    assert client.post(f"/dashboard/keys/{mine.pk}/revoke").status_code == 400
+    assert ApiKey.objects.get(pk=mine.pk).revoked_at is None
+    assert (
+        client.post(f"/dashboard/keys/{mine.pk}/revoke", {"leave_tokens": "on"}).status_code == 302
+    )
     assert ApiKey.objects.get(pk=mine.pk).revoked_at is not None
 
 
