@@ -44,7 +44,8 @@ def sign_up(base: str, email: str, forwarded: str) -> tuple[int, str]:
         if response.status_code != 302:
             return response.status_code, ""
         page = session.get(f"{base}{response.headers['Location']}", timeout=30).text
-    page = re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"', "", page)
+    # Per-response values: the CSRF token and the CSP nonce.
+    page = re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"|nonce="[^"]+"', "", page)
     return 302, page.replace(email, "<email>")
 
 
