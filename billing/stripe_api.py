@@ -235,3 +235,10 @@ def webhook_event_construct(*, payload: bytes, signature: str) -> stripe.Event:
         settings.STRIPE_WEBHOOK_SECRET,
         tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS,
     )
+
+
+def payment_method_customer(*, payment_method_id: str) -> str:
+    """The customer a PaymentMethod is attached to ("" when none: a card entered just now)."""
+    method = _plain(_call(client().v1.payment_methods.retrieve, payment_method_id))
+    customer = method.get("customer") or ""
+    return customer if isinstance(customer, str) else str(customer.get("id") or "")
