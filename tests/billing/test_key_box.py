@@ -17,11 +17,11 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
-from billing.models import ApiKey, LedgerEntry, Payment, UsageDaily, UsageRecord
+from billing.models import ApiKey, LedgerEntry, Payment, StripeEvent, UsageDaily, UsageRecord
 from billing.pages import KEY_BOX_PURCHASE_SALT, KEY_BOX_REFUSAL
 from billing.services import api_key_grant, api_key_revoke, user_suspend
 from metering.ledger import ledger_mismatches
-from tests.billing.test_payments import CARD_3DS, CARD_OK, PACKS, authenticate
+from tests.billing.test_payments import CARD_3DS, CARD_OK, PACKS, authenticate, wait_for
 from tests.factories import ApiKeyFactory, UserFactory
 from tests.infra import LocalStripe, stripe_env
 from tests.web.test_key_secrecy import decoded_sessions, every_stored_value
@@ -164,8 +164,10 @@ def test_lookups_are_limited_per_ip_with_the_usual_429(settings: Any) -> None:
     cache.clear()
     api_key = ApiKeyFactory()
     client = Client(REMOTE_ADDR="203.0.113.9")
-    statuses = [lookup(client, api_key.plaintext).status_code for _ in range(4)]
-    assert statuses == [200, 200, 200, 429]
+    answers = [lookup(client, api_key.plaintext) for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    assert "RATE_IP_LIMIT_EXCEEDED" in answers[-1].content.decode()
+    assert "key-box-result" not in answers[-1].content.decode()
     # The page itself (GET) still loads; another address has its own allowance.
     assert client.get(URL).status_code == 200
     assert lookup(Client(REMOTE_ADDR="203.0.113.10"), api_key.plaintext).status_code == 200
@@ -241,7 +243,11 @@ def topups(api_key: ApiKey) -> list[int]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_buying_a_pack_by_key_credits_exactly_the_pack_once(stripe_on: LocalStripe) -> None:
+def test_buying_a_pack_by_key_credits_exactly_the_pack_once(
+    stripe_on: LocalStripe, live_server: Any
+) -> None:
+    """Paid, then settled again by Stripe's webhook and by a repeated settle: credited once."""
+    stripe_on.send_webhooks_to(f"{live_server.url}/billing/stripe/webhook")
     api_key = ApiKeyFactory()
     before = ApiKey.objects.get(pk=api_key.pk).balance
     client = Client()
@@ -262,7 +268,16 @@ def test_buying_a_pack_by_key_credits_exactly_the_pack_once(stripe_on: LocalStri
     owner = api_key.user
     owner.refresh_from_db()
     assert owner.stripe_customer_id and not owner.stripe_payment_method_id
-    # The return path, run again (a duplicate), credits nothing more.
+    # localstripe signs payment_intent.succeeded and posts it to the live server about 1 s later.
+    wait_for(
+        lambda: StripeEvent.objects.filter(
+            type="payment_intent.succeeded",
+            payload__data__object__id=payment.stripe_payment_intent_id,
+            status=StripeEvent.Status.PROCESSED,
+        ).exists(),
+        what="localstripe's webhook, processed",
+    )
+    # The settle path, run again (a duplicate), credits nothing more.
     again = client.post(
         "/billing/key/settle", {"token": token, "payment_intent": payment.stripe_payment_intent_id}
     )
