@@ -440,4 +440,6 @@ def _key_box_payment_json(payment: Payment, *, client_secret: str) -> dict[str, 
         "balance": balance,
         "client_secret": client_secret,
         "payment_intent": payment.stripe_payment_intent_id or "",
+        # Stripe's receipt, when it has one: the buyer has no account here to find it in.
+        "receipt_url": payment.receipt_url,
     }

@@ -170,8 +170,8 @@ def key_box_pay(*, api_key_id: int, pack_id: str, payment_method_id: str) -> tup
     owner = api_key.user
     # Only a card entered now: never one saved to a customer (the owner's card is the owner's
     # to spend, not a key holder's).
-    if payment_method_id == owner.stripe_payment_method_id or stripe_api.payment_method_customer(
-        payment_method_id=payment_method_id
+    if payment_method_id == owner.stripe_payment_method_id or (
+        stripe_api.payment_method_customer(payment_method_id=payment_method_id) != ""
     ):
         raise PaymentError("Enter the card again.")
     payment = Payment.objects.create(

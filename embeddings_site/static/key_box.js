@@ -29,6 +29,14 @@
   function show(paid) {
     if (paid.status === "succeeded") {
       status.textContent = `Paid: ${paid.tokens.toLocaleString()} tokens added.`;
+      if (paid.receipt_url && /^https?:\/\//.test(paid.receipt_url)) {
+        const link = document.createElement("a");
+        link.href = paid.receipt_url;
+        link.rel = "noopener noreferrer";
+        link.id = "key-box-receipt";
+        link.textContent = "Stripe's receipt";
+        status.append(" ", link);
+      }
       const balance = document.getElementById("key-box-balance");
       if (balance && paid.balance !== null) {
         balance.textContent = paid.balance.toLocaleString();

@@ -325,8 +325,15 @@ def test_a_3ds_card_is_authenticated_then_settled_once_and_the_owners_saved_card
     stripe_on.client().v1.payment_methods.attach(  # type: ignore[attr-defined]
         attached, params={"customer": ApiKey.objects.get(pk=api_key.pk).user.stripe_customer_id}
     )
-    refused = client.post(
-        "/billing/key/pay", {"token": token, "pack": "small", "payment_method": attached}
+    for card in (attached, "pm_nosuchcard", "tok_visa"):
+        refused = client.post(
+            "/billing/key/pay", {"token": token, "pack": "small", "payment_method": card}
+        )
+        assert refused.status_code == 400, (card, refused.content)
+    unknown_pack = client.post(
+        "/billing/key/pay",
+        {"token": token, "pack": "huge", "payment_method": card_entered(stripe_on, CARD_OK)},
     )
-    assert refused.status_code == 400 and Payment.objects.count() == 1
+    assert unknown_pack.status_code == 400
+    assert Payment.objects.count() == 1
     assert ledger_mismatches() == []
