@@ -337,3 +337,14 @@ def test_a_3ds_card_is_authenticated_then_settled_once_and_the_owners_saved_card
     assert unknown_pack.status_code == 400
     assert Payment.objects.count() == 1
     assert ledger_mismatches() == []
+
+
+@pytest.mark.django_db
+def test_cross_site_posts_without_a_csrf_token_are_refused() -> None:
+    api_key = ApiKeyFactory()
+    token = purchase_token(lookup(Client(), api_key.plaintext).content.decode())
+    forged = Client(enforce_csrf_checks=True)
+    assert forged.post(URL, {"key": api_key.plaintext}).status_code == 403
+    for path in ("/billing/key/pay", "/billing/key/settle"):
+        assert forged.post(path, {"token": token, "pack": "small"}).status_code == 403
+    assert not Payment.objects.exists()
