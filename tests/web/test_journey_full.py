@@ -2,8 +2,8 @@
 size (1280x800) and a phone's (390x844, in the system's dark theme) (issue 16's acceptance).
 
 A visitor reads the pages that explain the product, gets a trial key and embeds (a multilingual
-example set), reranks and classifies in the playground, and runs the page's fetch snippet with
-Node; then signs up, follows the mailed link, creates keys, uses one in the playground, slices
+example set), reranks and classifies in the playground, runs the page's fetch snippets with
+Node, and looks the key's balance up in the key box; then signs up, follows the mailed link, creates keys, uses one in the playground, slices
 the dashboard's usage, renames a key and moves tokens between two, opens billing (payments not
 configured here), becomes staff and opens the staff page, and logs out.
 
@@ -252,6 +252,19 @@ def test_the_whole_journey_without_an_error(journey: Journey, settings: Any) -> 
     )
     assert predictions == ["Sports", "Finance"]
     journey.seen("playground-classify")
+
+    # --- the key box: the trial key's balance, looked up without an account ------------------
+    journey.click_nav("Key balance")
+    page.wait_for_url(f"{base}/billing/key/")
+    journey.seen("key-box")
+    page.fill("#key-box-key", visitor_key)
+    page.click("#key-box-lookup button[type=submit]")
+    page.wait_for_selector("#key-box-result")
+    assert visitor_key not in page.url
+    trial = ApiKey.objects.get(prefix=page.get_attribute("#key-box-result", "data-key-prefix"))
+    shown = int(page.get_attribute("#key-box-balance", "data-balance") or -1)
+    assert shown == trial.balance < settings.VISITOR_TRIAL_TOKENS
+    journey.seen("key-box-result")
 
     # --- sign up, and the mailed link signs this browser in ---------------------------------
     email = f"journey-{journey.name}@example.com"
