@@ -361,6 +361,15 @@
     };
   }
 
+  // A change of the system's theme while the page is open recolours the cells drawn.
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    document.querySelectorAll("#pg-heatmap-table td").forEach((cell) => {
+      const colour = heatColour(cell.dataset.value);
+      cell.style.background = colour.background;
+      cell.style.color = colour.color;
+    });
+  });
+
   function heatmap(vectors) {
     const table = document.createElement("table");
     table.id = "pg-heatmap-table";

@@ -73,6 +73,20 @@ HEAT_CONTRAST = """() => Array.from(document.querySelectorAll("#pg-heatmap-table
 })"""
 
 
+# After the next frame: the rendering step that reports media query changes has run.
+NEXT_FRAME = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
+CHART_COLOURS = """() => Object.values(Chart.instances).map((chart) => [
+  chart.data.datasets[0].backgroundColor, chart.options.scales.y.grid.color])"""
+HEAT_BACKGROUNDS = """() => Array.from(document.querySelectorAll("#pg-heatmap-table td"),
+  (cell) => getComputedStyle(cell).backgroundColor)"""
+
+
+def switch_theme(page: Any, scheme: str) -> None:
+    """The system's theme changes while the page is open."""
+    page.emulate_media(color_scheme=scheme)
+    page.evaluate(NEXT_FRAME)
+
+
 class Journey:
     """One pass: the page, everything it did wrong, and a screenshot and colour check per page."""
 
@@ -223,6 +237,13 @@ def test_the_whole_journey_without_an_error(journey: Journey, settings: Any) -> 
     assert cells.count() == 36
     assert min(page.evaluate(HEAT_CONTRAST)) >= 4.5
     journey.seen("playground-multilingual")
+    if journey.dark:  # the system turns light and dark again: the cells follow, readable
+        dark_cells = page.evaluate(HEAT_BACKGROUNDS)
+        switch_theme(page, "light")
+        assert page.evaluate(HEAT_BACKGROUNDS) != dark_cells
+        assert min(page.evaluate(HEAT_CONTRAST)) >= 4.5
+        switch_theme(page, "dark")
+        assert page.evaluate(HEAT_BACKGROUNDS) == dark_cells
     page_answer = json.loads(page.text_content("#pg-response") or "{}")
 
     # The snippet, run as written with Node, gets the answer the page got.
@@ -317,6 +338,11 @@ def test_the_whole_journey_without_an_error(journey: Journey, settings: Any) -> 
     row = page.locator(f"#keys tr[data-prefix='{main_key.prefix}'] .balance")
     assert int(row.get_attribute("data-balance") or 0) == settings.TRIAL_TOKENS - used
     journey.seen("dashboard")
+    if journey.dark:  # Chart.js draws in the theme's colours, and follows a change of it
+        assert page.evaluate(CHART_COLOURS)[0] == ["#5aa2ff", "#2f3a47"]
+        switch_theme(page, "light")
+        assert {tuple(c) for c in page.evaluate(CHART_COLOURS)} == {("#0b63ce", "#dde2e9")}
+        switch_theme(page, "dark")
 
     # The usage, sliced: the last 7 days by model, then by endpoint; the CSV says the same.
     page.select_option("#usage-range", "7d")
