@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from django.core import mail
+from django.core.management import call_command
 
 from billing.models import ApiKey, User
 from tests.factories import EmbeddingModelFactory
@@ -404,3 +405,5 @@ def test_the_whole_journey_without_an_error(journey: Journey, settings: Any) -> 
     assert page.locator("#site-links a[href='/accounts/login/']").count() == 1
     journey.seen("logged-out")
     assert len(journey.pages) >= 25
+    # Every token the journey spent or moved is in the ledger, each key's balance its sum.
+    call_command("ledger_check")
