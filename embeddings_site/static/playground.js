@@ -213,6 +213,58 @@
     event.target.value = "";
   });
 
+  // Rerank's and Classify's examples fill their text boxes; the defaults are the English ones.
+  const ENGLISH_ONLY = "An English-only model (the embedded default all-MiniLM-L6-v2 is one) does poorly on the other languages: " +
+    "try a multilingual model.";
+  const FIELD_EXAMPLES = {
+    rerank: {
+      english: {
+        note: "Examples only: choosing one replaces the query and documents.",
+        fields: {
+          "#pg-rerank-query": "Which animal is a fast runner?",
+          "#pg-rerank-documents": "Quarterly revenue grew by twelve percent.\n" +
+            "The cheetah is the fastest land animal, reaching 100 km/h.\nParis is the capital of France.",
+        },
+      },
+      multilingual: {
+        note: `Examples only: choosing one replaces the query and documents. The two cheetah passages answer it. ${ENGLISH_ONLY}`,
+        fields: {
+          "#pg-rerank-query": "Which animal is a fast runner?",
+          "#pg-rerank-documents": "El guepardo es el animal terrestre más rápido: alcanza los 100 km/h.\n" +
+            "Der Umsatz stieg im Quartal um zwölf Prozent.\nパリはフランスの首都です。\n猎豹是陆地上跑得最快的动物。",
+        },
+      },
+    },
+    classify: {
+      english: {
+        note: "Examples only: choosing one replaces the inputs and labels.",
+        fields: {
+          "#pg-classify-inputs": "The striker scored twice in the final minutes.\nThe central bank raised interest rates again.",
+          "#pg-classify-labels": "Sports\nFinance",
+        },
+      },
+      multilingual: {
+        note: `Examples only: choosing one replaces the inputs and labels. ${ENGLISH_ONLY}`,
+        fields: {
+          "#pg-classify-inputs": "Der Stürmer traf in den letzten Minuten zweimal.\n" +
+            "El banco central volvió a subir los tipos de interés.\n选手在决赛中打破了世界纪录。",
+          "#pg-classify-labels": "Sports\nFinance",
+        },
+      },
+    },
+  };
+  document.querySelectorAll("select[data-examples]").forEach((select) => {
+    const sets = FIELD_EXAMPLES[select.dataset.examples];
+    const note = $(`#${select.id}-note`);
+    note.textContent = sets[select.value].note;
+    select.addEventListener("change", () => {
+      const chosen = sets[select.value];
+      for (const [selector, text] of Object.entries(chosen.fields)) $(selector).value = text;
+      note.textContent = chosen.note;
+      render();
+    });
+  });
+
   // --- the request -------------------------------------------------------------------------
   const lines = (selector) => $(selector).value.split("\n").map((line) => line.trim()).filter(Boolean);
   function rerankBody() {

@@ -261,6 +261,13 @@ def test_the_whole_journey_without_an_error(journey: Journey, settings: Any) -> 
         assert answer == json.loads(page.text_content("#pg-response") or "{}")
     assert "cheetah" in (page.text_content("#pg-ranking-list li:first-child") or "")
     journey.seen("playground-rerank")
+    # The multilingual example: the page sends the example's four passages, as its snippet does.
+    page.select_option("#pg-rerank-examples", "multilingual")
+    assert "multilingual model" in (page.text_content("#pg-rerank-examples-note") or "")
+    code = run_and_compare_fetch(page, base, "/v1/rerank", visitor_key)
+    assert len(snippet_body(code)["documents"]) == 4 and "猎豹" in code
+    page.wait_for_selector("#pg-ranking-list li:nth-child(4)")
+    journey.seen("playground-rerank-multilingual")
 
     page.click("#pg-tab-classify")
     page.select_option("#pg-classify-model", MODEL)
@@ -274,6 +281,11 @@ def test_the_whole_journey_without_an_error(journey: Journey, settings: Any) -> 
     )
     assert predictions == ["Sports", "Finance"]
     journey.seen("playground-classify")
+    page.select_option("#pg-classify-examples", "multilingual")
+    code = run_and_compare_fetch(page, base, "/v1/classify", visitor_key)
+    assert len(snippet_body(code)["input"]) == 3 and "Stürmer" in code
+    page.wait_for_selector("#pg-labels-list section:nth-child(3)")
+    journey.seen("playground-classify-multilingual")
 
     # --- the key box: the trial key's balance, looked up without an account ------------------
     journey.click_nav("Key balance")
