@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import UTC, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -12,15 +13,23 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core import signing
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.debug import sensitive_post_parameters
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from billing import payments, stripe_api, webhooks
 from billing.models import ApiKey, Payment, User
-from billing.selectors import api_key_list
+from billing.selectors import api_key_list, usage_daily, usage_records
+from embeddings_site.ip_limits import posts_limited_per_ip
+from metering.lifecycle import limits_for
+from metering.selectors import api_key_get_active
+from metering.usage import usage_sums
 
 
 def _user(request: HttpRequest) -> User:
@@ -279,3 +288,158 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
         payload=request.body, signature=request.headers.get("Stripe-Signature", "")
     )
     return JsonResponse({"detail": result.detail}, status=result.status)
+
+
+# --- The key box: balance and top-up by key, without an account ------------------------------
+
+# The lookup hands the purchase step a signed token naming the key's id (never the key): it is
+# good for this long, and only for the key box (its salt).
+KEY_BOX_PURCHASE_SALT = "billing.key_box.purchase"
+KEY_BOX_TOKEN_MAX_AGE = timedelta(minutes=30)
+KEY_BOX_USAGE_DAYS = 7
+# One answer for a key that is malformed, unknown, revoked, expired or whose owner is suspended.
+KEY_BOX_REFUSAL = "No active API key matches what you entered. Check the key and try again."
+
+
+def key_box_token(*, api_key: ApiKey) -> str:
+    """The signed purchase token for a key that was just looked up."""
+    return signing.dumps({"key": api_key.pk}, salt=KEY_BOX_PURCHASE_SALT)
+
+
+def _key_box_token_key_id(token: str) -> int | None:
+    """The key id a purchase token names, or None when it is forged, altered or too old."""
+    try:
+        data = signing.loads(token, salt=KEY_BOX_PURCHASE_SALT, max_age=KEY_BOX_TOKEN_MAX_AGE)
+    except signing.BadSignature:  # SignatureExpired is one
+        return None
+    key_id = data.get("key") if isinstance(data, dict) else None
+    return key_id if isinstance(key_id, int) else None
+
+
+def _key_box_key(plaintext: str) -> ApiKey | None:
+    """The key for a pasted plaintext, read fresh (its balance now), if the API would take it."""
+    found = api_key_get_active(key=plaintext.strip())
+    if found is None:
+        return None
+    api_key = (
+        ApiKey.objects.select_related("user")
+        .filter(pk=found.pk, revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if api_key is None or (api_key.expires_at is not None and api_key.expires_at <= timezone.now()):
+        return None
+    return api_key
+
+
+def _key_box_usage(api_key: ApiKey) -> list[dict[str, Any]]:
+    """The key's last days by day and endpoint: the rollup before today, today's request rows
+    live (as the dashboards count them), days with requests only, newest first."""
+    today = timezone.now().date()
+    since = today - timedelta(days=KEY_BOX_USAGE_DAYS - 1)
+    rows = [
+        row
+        for row in usage_daily(api_key=api_key, since=since, group_by=("day", "endpoint"))
+        if row["day"] < today
+    ]
+    start = datetime.combine(today, time.min, tzinfo=UTC)
+    rows += [
+        {"day": today, **row}
+        for row in usage_sums(
+            usage_records(api_key=api_key).filter(created_at__gte=start), "endpoint"
+        )
+    ]
+    for row in rows:
+        for field in ("requests", "errors", "text_tokens", "image_tokens", "charged_tokens"):
+            row[field] = int(row[field] or 0)
+    return sorted(rows, key=lambda row: (row["day"], row["endpoint"]), reverse=True)
+
+
+def _key_box_render(
+    request: HttpRequest, *, api_key: ApiKey | None = None, refusal: str = "", status: int = 200
+) -> HttpResponse:
+    context: dict[str, Any] = {"refusal": refusal, "api_key": api_key}
+    if api_key is not None:
+        context.update(
+            {
+                "limits": limits_for(api_key),
+                "usage": _key_box_usage(api_key),
+                "usage_days": KEY_BOX_USAGE_DAYS,
+                "purchase_token": key_box_token(api_key=api_key),
+                "token_minutes": int(KEY_BOX_TOKEN_MAX_AGE.total_seconds() // 60),
+                "packs": payments.token_packs(),
+                "stripe_configured": stripe_api.is_configured(),
+                "publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
+                "stripe_js_url": settings.STRIPE_JS_URL,
+            }
+        )
+    return render(request, "billing/key_box.html", context, status=status)
+
+
+@never_cache  # no-store: the answer names a key's balance; no cache keeps it
+@sensitive_post_parameters("key")
+@require_http_methods(["GET", "POST"])
+@posts_limited_per_ip("IP_RATE_LIMIT_KEY_LOOKUP")
+def key_box(request: HttpRequest) -> HttpResponse:
+    """Paste a key (in the POST body only) to see its balance, limits and recent usage, and buy
+    a pack for it, without an account."""
+    if request.method != "POST":
+        return _key_box_render(request)
+    api_key = _key_box_key(request.POST.get("key", ""))
+    if api_key is None:
+        return _key_box_render(request, refusal=KEY_BOX_REFUSAL, status=400)
+    return _key_box_render(request, api_key=api_key)
+
+
+def _key_box_token_refused() -> JsonResponse:
+    return _json_error("This page is too old or was altered. Enter the key again.")
+
+
+@never_cache
+@require_POST
+@posts_limited_per_ip("IP_RATE_LIMIT_FORMS")
+@_payment_errors_as_json
+def key_box_pay(request: HttpRequest) -> JsonResponse:
+    """Buy a pack for the key a purchase token names, with a card Stripe.js just collected."""
+    key_id = _key_box_token_key_id(request.POST.get("token", ""))
+    if key_id is None:
+        return _key_box_token_refused()
+    payment, client_secret = payments.key_box_pay(
+        api_key_id=key_id,
+        pack_id=request.POST.get("pack", ""),
+        payment_method_id=request.POST.get("payment_method", ""),
+    )
+    return JsonResponse(_key_box_payment_json(payment, client_secret=client_secret))
+
+
+@never_cache
+@require_POST
+@posts_limited_per_ip("IP_RATE_LIMIT_FORMS")
+@_payment_errors_as_json
+def key_box_settle(request: HttpRequest) -> JsonResponse:
+    """After Stripe.js's authentication: settle the payment of the token's key from Stripe."""
+    key_id = _key_box_token_key_id(request.POST.get("token", ""))
+    if key_id is None:
+        return _key_box_token_refused()
+    intent_id = request.POST.get("payment_intent", "")
+    payment = (
+        payments.key_box_payment_settle(api_key_id=key_id, payment_intent_id=intent_id)
+        if intent_id.startswith("pi_")
+        else None
+    )
+    if payment is None:
+        return _json_error("No such payment for this key.", 404)
+    return JsonResponse(_key_box_payment_json(payment, client_secret=""))
+
+
+def _key_box_payment_json(payment: Payment, *, client_secret: str) -> dict[str, Any]:
+    balance = ApiKey.objects.filter(pk=payment.api_key_id).values_list("balance", flat=True).first()
+    return {
+        "status": payment.status,
+        "message": payment.failure_message,
+        "tokens": payment.credited_tokens,
+        "balance": balance,
+        "client_secret": client_secret,
+        "payment_intent": payment.stripe_payment_intent_id or "",
+        # Stripe's receipt, when it has one: the buyer has no account here to find it in.
+        "receipt_url": payment.receipt_url,
+    }

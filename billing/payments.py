@@ -147,12 +147,70 @@ def topup_pay(*, user: User, api_key: ApiKey, pack_id: str) -> tuple[Payment, st
     return settled, intent.client_secret if intent.status == "requires_action" else ""
 
 
-def _charge(*, payment: Payment, user: User, off_session: bool) -> stripe_api.Intent | None:
-    """Create and confirm the payment's intent; a refused card fails the payment (None)."""
+def key_box_pay(*, api_key_id: int, pack_id: str, payment_method_id: str) -> tuple[Payment, str]:
+    """Buy a pack for a key whose holder has no account here (the key box): the card was entered
+    just now in Stripe.js and is charged once, on-session, for the key's owner's customer; it is
+    not saved for later. The payment settles like any top-up (payment_apply_intent).
+
+    Returns the payment and, when the bank asks the buyer to authenticate, the intent's client
+    secret for Stripe.js (else "").
+    """
+    pack = token_pack_get(pack_id=pack_id)
+    if pack is None:
+        raise PaymentError("Unknown token pack.")
+    api_key = (
+        ApiKey.objects.select_related("user")
+        .filter(pk=api_key_id, revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if api_key is None:
+        raise PaymentError("This key can no longer be topped up. Look it up again.")
+    if not payment_method_id.startswith("pm_"):
+        raise PaymentError("Enter a card.")
+    owner = api_key.user
+    # Only a card entered now: never one saved to a customer (the owner's card is the owner's
+    # to spend, not a key holder's).
+    if payment_method_id == owner.stripe_payment_method_id or (
+        stripe_api.payment_method_customer(payment_method_id=payment_method_id) != ""
+    ):
+        raise PaymentError("Enter the card again.")
+    payment = Payment.objects.create(
+        user=owner,
+        api_key=api_key,
+        kind=Payment.Kind.TOPUP,
+        pack_id=pack.id,
+        tokens=pack.tokens,
+        amount=pack.amount,
+        currency=pack.currency,
+        idempotency_key=f"keybox:{uuid.uuid4()}",
+    )
+    intent = _charge(payment=payment, user=owner, off_session=False, card=payment_method_id)
+    if intent is None:
+        payment.refresh_from_db()
+        return payment, ""
+    settled = payment_apply_intent(intent=intent) or payment
+    return settled, intent.client_secret if intent.status == "requires_action" else ""
+
+
+def key_box_payment_settle(*, api_key_id: int, payment_intent_id: str) -> Payment | None:
+    """The key box after Stripe.js finished authentication: settle that key's payment from
+    Stripe's state (None: not a payment for that key)."""
+    if not Payment.objects.filter(
+        api_key_id=api_key_id, stripe_payment_intent_id=payment_intent_id
+    ).exists():
+        return None
+    return payment_reconcile(payment_intent_id=payment_intent_id)
+
+
+def _charge(
+    *, payment: Payment, user: User, off_session: bool, card: str = ""
+) -> stripe_api.Intent | None:
+    """Create and confirm the payment's intent with `card` (by default the user's saved card);
+    a refused card fails the payment (None)."""
     try:
         intent = stripe_api.payment_intent_charge(
             customer=stripe_customer_ensure(user=user),
-            payment_method=user.stripe_payment_method_id,
+            payment_method=card or user.stripe_payment_method_id,
             amount=payment.amount,
             currency=payment.currency,
             idempotency_key=payment.idempotency_key,

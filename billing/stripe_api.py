@@ -235,3 +235,16 @@ def webhook_event_construct(*, payload: bytes, signature: str) -> stripe.Event:
         settings.STRIPE_WEBHOOK_SECRET,
         tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS,
     )
+
+
+def payment_method_customer(*, payment_method_id: str) -> str | None:
+    """The customer a PaymentMethod is attached to: "" when none (a card entered just now),
+    None when Stripe has no such PaymentMethod."""
+    try:
+        method = _plain(client().v1.payment_methods.retrieve(payment_method_id))
+    except stripe.InvalidRequestError:
+        return None
+    except stripe.StripeError as exc:
+        raise StripeUnavailable(exc.user_message or str(exc)) from exc
+    customer = method.get("customer") or ""
+    return customer if isinstance(customer, str) else str(customer.get("id") or "")

@@ -397,6 +397,8 @@ IP_RATE_LIMIT_SIGNUP = env_str("IP_RATE_LIMIT_SIGNUP", "20/h")
 IP_RATE_LIMIT_PASSWORD_RESET = env_str("IP_RATE_LIMIT_PASSWORD_RESET", "10/h")
 IP_RATE_LIMIT_TRIAL_KEY = env_str("IP_RATE_LIMIT_TRIAL_KEY", "10/h")
 IP_RATE_LIMIT_FORMS = env_str("IP_RATE_LIMIT_FORMS", "60/m")
+# The key box (/billing/key/): pasted-key lookups per IP.
+IP_RATE_LIMIT_KEY_LOOKUP = env_str("IP_RATE_LIMIT_KEY_LOOKUP", "20/h")
 # Behind a reverse proxy, its addresses or networks (CIDR), comma-separated: from these alone
 # X-Forwarded-For is believed, right-most untrusted entry first. None by default: the client is
 # REMOTE_ADDR. Every per-IP limit counts embeddings_site.ip_limits.client_ip.

@@ -38,6 +38,9 @@ urlpatterns = [
         name="auto-recharge-save",
     ),
     path("billing/stripe/webhook", billing_pages.stripe_webhook, name="stripe-webhook"),
+    path("billing/key/", billing_pages.key_box, name="key-box"),
+    path("billing/key/pay", billing_pages.key_box_pay, name="key-box-pay"),
+    path("billing/key/settle", billing_pages.key_box_settle, name="key-box-settle"),
     path("", include("web.urls")),
 ]
 

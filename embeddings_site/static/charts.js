@@ -14,10 +14,17 @@
   }
   if (typeof window.Chart === "undefined") return;  // the SVG stays
 
-  const css = getComputedStyle(document.documentElement);
-  const accent = css.getPropertyValue("--accent").trim() || "#0b63ce";
-  const muted = css.getPropertyValue("--muted").trim() || "#5d6b7e";
-  const line = css.getPropertyValue("--line").trim() || "#dde2e9";
+  // The site's colours (site.css: light, or dark when the system is), read again when the
+  // system's theme changes while the page is open.
+  const palette = () => {
+    const css = getComputedStyle(document.documentElement);
+    return {
+      accent: css.getPropertyValue("--accent").trim() || "#0b63ce",
+      muted: css.getPropertyValue("--muted").trim() || "#5d6b7e",
+      line: css.getPropertyValue("--line").trim() || "#dde2e9",
+    };
+  };
+  const { accent, muted, line } = palette();
   const compact = new Intl.NumberFormat("en", { notation: "compact", maximumFractionDigits: 2 });
   const exact = new Intl.NumberFormat("en", { maximumFractionDigits: 2 });
   const shortDay = new Intl.DateTimeFormat("en", { month: "short", day: "numeric", timeZone: "UTC" });
@@ -79,4 +86,15 @@
   }
 
   document.querySelectorAll("svg.chart[id]").forEach(draw);
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    const colours = palette();
+    Chart.defaults.color = colours.muted;
+    for (const chart of Object.values(Chart.instances)) {
+      chart.data.datasets[0].backgroundColor = colours.accent;
+      chart.options.scales.y.grid.color = colours.line;
+      chart.options.scales.x.ticks.color = colours.muted;
+      chart.options.scales.y.ticks.color = colours.muted;
+      chart.update();
+    }
+  });
 })();

@@ -71,9 +71,9 @@
 
   // --- operations: one tab each, the models that serve it ----------------------------------
   const OPERATIONS = {
-    embed: { serves: "embeddings", path: "/v1/embeddings", run: "Embed", busy: "Embedding…", snippets: ["curl", "openai", "requests"] },
-    rerank: { serves: "rerank", path: "/v1/rerank", run: "Rerank", busy: "Reranking…", snippets: ["curl", "requests", "cohere"] },
-    classify: { serves: "classify", path: "/v1/classify", run: "Classify", busy: "Classifying…", snippets: ["curl", "requests"] },
+    embed: { serves: "embeddings", path: "/v1/embeddings", run: "Embed", busy: "Embedding…", snippets: ["curl", "openai", "requests", "fetch"] },
+    rerank: { serves: "rerank", path: "/v1/rerank", run: "Rerank", busy: "Reranking…", snippets: ["curl", "requests", "fetch", "cohere"] },
+    classify: { serves: "classify", path: "/v1/classify", run: "Classify", busy: "Classifying…", snippets: ["curl", "requests", "fetch"] },
   };
   const operationModels = { embed: modelSelect, rerank: $("#pg-rerank-model"), classify: $("#pg-classify-model") };
   for (const name of ["rerank", "classify"]) {
@@ -110,11 +110,64 @@
   }));
 
   // --- inputs ------------------------------------------------------------------------------
-  let inputs = [
-    { kind: "text", value: "The quick brown fox jumps over the lazy dog." },
-    { kind: "text", value: "A fast auburn fox leaps over a sleepy hound." },
-    { kind: "text", value: "Quarterly revenue grew by twelve percent." },
-  ];
+  // Example sets, like Jina's playground: each shows something in the heatmap. The translations
+  // find each other only on a multilingual model; the note says so rather than promise it.
+  const EXAMPLES = {
+    paraphrases: {
+      note: "Two paraphrases score high together; the unrelated sentence stays near 0.",
+      texts: [
+        "The quick brown fox jumps over the lazy dog.",
+        "A fast auburn fox leaps over a sleepy hound.",
+        "Quarterly revenue grew by twelve percent.",
+      ],
+    },
+    multilingual: {
+      note: "English, German, Chinese, Japanese and Spanish translations of one sentence, then an unrelated one. " +
+        "A multilingual model scores the translations high together; an English-only model (the embedded " +
+        "default all-MiniLM-L6-v2 is one) finds them much less alike.",
+      texts: [
+        "The weather is lovely today, so we are going for a walk in the park.",
+        "Das Wetter ist heute herrlich, also gehen wir im Park spazieren.",
+        "今天天气很好，所以我们去公园散步。",
+        "今日は天気がとても良いので、公園を散歩します。",
+        "Hoy hace un tiempo precioso, así que vamos a pasear por el parque.",
+        "The invoice must be paid within thirty days.",
+      ],
+    },
+    questions: {
+      note: "Each question scores highest with the passage that answers it.",
+      texts: [
+        "How many moons does Mars have?",
+        "Mars has two small moons, Phobos and Deimos.",
+        "What is the boiling point of water at sea level?",
+        "At sea level, water boils at 100 degrees Celsius.",
+      ],
+    },
+    code: {
+      note: "A question and three snippets in different languages: a code-trained model ranks the Python one first.",
+      texts: [
+        "How do I reverse a list in Python?",
+        "reversed_items = items[::-1]",
+        "const total = prices.reduce((sum, price) => sum + price, 0);",
+        "SELECT name FROM users WHERE active = 1;",
+      ],
+    },
+  };
+  const examples = $("#pg-examples");
+  const exampleInputs = (name) => EXAMPLES[name].texts.map((value) => ({ kind: "text", value }));
+  let inputs = exampleInputs("paraphrases");
+  examples.value = "paraphrases";
+  function exampleChosen() {
+    const chosen = EXAMPLES[examples.value] || EXAMPLES.paraphrases;
+    $("#pg-examples-note").textContent = `Examples only: choosing one replaces the inputs below. ${chosen.note}`;
+  }
+  examples.addEventListener("change", () => {
+    inputs = exampleInputs(examples.value);
+    exampleChosen();
+    renderInputs();
+    render();
+  });
+  exampleChosen();
   const list = $("#pg-inputs");
   function renderInputs() {
     list.replaceChildren(...inputs.map((item, index) => {
@@ -158,6 +211,58 @@
     reader.onload = () => { inputs.push({ kind: "image-file", value: reader.result, name: file.name }); renderInputs(); render(); };
     reader.readAsDataURL(file);
     event.target.value = "";
+  });
+
+  // Rerank's and Classify's examples fill their text boxes; the defaults are the English ones.
+  const ENGLISH_ONLY = "An English-only model (the embedded default all-MiniLM-L6-v2 is one) does poorly on the other languages: " +
+    "try a multilingual model.";
+  const FIELD_EXAMPLES = {
+    rerank: {
+      english: {
+        note: "Examples only: choosing one replaces the query and documents.",
+        fields: {
+          "#pg-rerank-query": "Which animal is a fast runner?",
+          "#pg-rerank-documents": "Quarterly revenue grew by twelve percent.\n" +
+            "The cheetah is the fastest land animal, reaching 100 km/h.\nParis is the capital of France.",
+        },
+      },
+      multilingual: {
+        note: `Examples only: choosing one replaces the query and documents. The two cheetah passages answer it. ${ENGLISH_ONLY}`,
+        fields: {
+          "#pg-rerank-query": "Which animal is a fast runner?",
+          "#pg-rerank-documents": "El guepardo es el animal terrestre más rápido: alcanza los 100 km/h.\n" +
+            "Der Umsatz stieg im Quartal um zwölf Prozent.\nパリはフランスの首都です。\n猎豹是陆地上跑得最快的动物。",
+        },
+      },
+    },
+    classify: {
+      english: {
+        note: "Examples only: choosing one replaces the inputs and labels.",
+        fields: {
+          "#pg-classify-inputs": "The striker scored twice in the final minutes.\nThe central bank raised interest rates again.",
+          "#pg-classify-labels": "Sports\nFinance",
+        },
+      },
+      multilingual: {
+        note: `Examples only: choosing one replaces the inputs and labels. ${ENGLISH_ONLY}`,
+        fields: {
+          "#pg-classify-inputs": "Der Stürmer traf in den letzten Minuten zweimal.\n" +
+            "El banco central volvió a subir los tipos de interés.\n选手在决赛中打破了世界纪录。",
+          "#pg-classify-labels": "Sports\nFinance",
+        },
+      },
+    },
+  };
+  document.querySelectorAll("select[data-examples]").forEach((select) => {
+    const sets = FIELD_EXAMPLES[select.dataset.examples];
+    const note = $(`#${select.id}-note`);
+    note.textContent = sets[select.value].note;
+    select.addEventListener("change", () => {
+      const chosen = sets[select.value];
+      for (const [selector, text] of Object.entries(chosen.fields)) $(selector).value = text;
+      note.textContent = chosen.note;
+      render();
+    });
   });
 
   // --- the request -------------------------------------------------------------------------
@@ -215,6 +320,12 @@
       `    "${origin}${path}",\n` +
       `    headers={"Authorization": f"Bearer {os.environ['EMBEDDINGS_API_KEY']}"},\n` +
       `    json=${python(body, 1)},\n    timeout=60,\n)\nprint(json.dumps(response.json(), indent=2))\n`;
+    // JSON is a JavaScript expression, so the body is written as the page sends it.
+    const fetchCode = `// Node.js 18+ (save as request.mjs, run node request.mjs) with EMBEDDINGS_API_KEY set.\n` +
+      `const response = await fetch("${origin}${path}", {\n  method: "POST",\n  headers: {\n` +
+      `    "Content-Type": "application/json",\n    Authorization: \`Bearer \${process.env.EMBEDDINGS_API_KEY}\`,\n  },\n` +
+      `  body: JSON.stringify(${json.replaceAll("\n", "\n  ")}),\n});\n` +
+      `console.log(JSON.stringify(await response.json(), null, 2));\n`;
     if (operation === "rerank") {
       const args = [`    model=${python(body.model, 1)},`, `    query=${python(body.query, 1)},`,
         `    documents=${python(body.documents, 1)},`];
@@ -222,9 +333,9 @@
       const cohere = `import os\n\nimport cohere\n\n` +
         `client = cohere.ClientV2(api_key=os.environ["EMBEDDINGS_API_KEY"], base_url="${origin}")\n` +
         `response = client.rerank(\n${args.join("\n")}\n)\nprint(response.model_dump_json(indent=2))\n`;
-      return { curl, openai: "", requests, cohere };
+      return { curl, openai: "", requests, fetch: fetchCode, cohere };
     }
-    if (operation !== "embed") return { curl, openai: "", requests, cohere: "" };
+    if (operation !== "embed") return { curl, openai: "", requests, fetch: fetchCode, cohere: "" };
     const extra = {};
     for (const name of ["task", "normalized", "truncate", "late_chunking"]) if (name in body) extra[name] = body[name];
     const args = [`    model=${python(body.model, 1)},`, `    input=${python(body.input, 1)},`,
@@ -234,7 +345,7 @@
     const openai = `import os\n\nfrom openai import OpenAI\n\n` +
       `client = OpenAI(api_key=os.environ["EMBEDDINGS_API_KEY"], base_url="${origin}/v1")\n` +
       `response = client.embeddings.create(\n${args.join("\n")}\n)\nprint(response.model_dump_json(indent=2))\n`;
-    return { curl, openai, requests, cohere: "" };
+    return { curl, openai, requests, fetch: fetchCode, cohere: "" };
   }
 
   function render() {
@@ -277,16 +388,39 @@
     return `${index + 1}. ${text.length > 24 ? text.slice(0, 23) + "…" : text}`;
   }
   // A diverging scale: cosine 0 (unrelated) is neutral grey, similar pairs deepen to blue and
-  // opposite ones to red, so only related pairs stand out.
+  // opposite ones to red, so only related pairs stand out. On a dark page the neutral end is a
+  // dark grey and the cells brighten towards the same blue. The text is black or white, whichever
+  // contrasts more with its cell (WCAG's relative luminance: at least 4.5 for any cell).
+  // (Self-contained: tests/web/test_charts_browser.py evaluates it on its own.)
   function heatColour(value) {
     const v = Math.max(-1, Math.min(1, Number(value) || 0));
     const strength = Math.abs(v);
     const hue = v < 0 ? 4 : 212;
+    const dark = window.matchMedia("(prefers-color-scheme: dark)").matches;
+    const saturation = (dark ? 70 : 78) * strength / 100;
+    const lightness = (dark ? 20 + 22 * strength : 96 - 50 * strength) / 100;
+    // hsl to linear sRGB (CSS Color 4's hslToRgb), then relative luminance.
+    const k = (n) => (n + hue / 30) % 12;
+    const a = saturation * Math.min(lightness, 1 - lightness);
+    const channel = (n) => {
+      const c = lightness - a * Math.max(-1, Math.min(k(n) - 3, 9 - k(n), 1));
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    };
+    const shade = 0.2126 * channel(0) + 0.7152 * channel(8) + 0.0722 * channel(4);
     return {
-      background: `hsl(${hue}, ${Math.round(78 * strength)}%, ${Math.round(96 - 50 * strength)}%)`,
-      color: strength > 0.8 ? "#fff" : "#1c2430",
+      background: `hsl(${hue}, ${(100 * saturation).toFixed(1)}%, ${(100 * lightness).toFixed(1)}%)`,
+      color: 1.05 / (shade + 0.05) > (shade + 0.05) / 0.05 ? "#fff" : "#000",
     };
   }
+
+  // A change of the system's theme while the page is open recolours the cells drawn.
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    document.querySelectorAll("#pg-heatmap-table td").forEach((cell) => {
+      const colour = heatColour(cell.dataset.value);
+      cell.style.background = colour.background;
+      cell.style.color = colour.color;
+    });
+  });
 
   function heatmap(vectors) {
     const table = document.createElement("table");
