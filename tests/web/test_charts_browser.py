@@ -80,7 +80,16 @@ class Problems:
             ),
         )
         page.on("pageerror", lambda error: self.found.append(f"exception: {error}"))
-        page.on("requestfailed", lambda r: self.found.append(f"failed: {r.url} {r.failure}"))
+        # net::ERR_ABORTED is Chromium cancelling what a navigation made moot; an error answer
+        # is still caught, as its 4xx/5xx status.
+        page.on(
+            "requestfailed",
+            lambda r: (
+                None
+                if r.failure == "net::ERR_ABORTED"
+                else self.found.append(f"failed: {r.url} {r.failure}")
+            ),
+        )
         page.on(
             "response",
             lambda r: r.status >= 400 and self.found.append(f"HTTP {r.status}: {r.url}"),

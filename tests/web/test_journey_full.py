@@ -104,7 +104,16 @@ class Journey:
             ),
         )
         page.on("pageerror", lambda error: self.problems.append(f"exception: {error}"))
-        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        # net::ERR_ABORTED is Chromium cancelling what a navigation made moot (the favicon of
+        # a page just left); an error answer is still caught, as its 4xx/5xx status.
+        page.on(
+            "requestfailed",
+            lambda r: (
+                None
+                if r.failure == "net::ERR_ABORTED"
+                else self.problems.append(f"failed: {r.url} {r.failure}")
+            ),
+        )
         page.on(
             "response",
             lambda r: (
