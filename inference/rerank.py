@@ -17,31 +17,24 @@ query is refused with its index; on, it is cut to fit. A document limit (Cohere'
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
 
 from embeddings_site.errors import ApiError, ErrorCode
-from inference.backends.base import (
-    BackendError,
-    BackendInputError,
-    BackendOverloaded,
-    BackendTimeout,
-)
 from inference.backends.scoring import PairItem, PairScorer
 from inference.models import EmbeddingModel
 from inference.pair_tokens import DocumentTooLong, QueryTooLong
 from inference.protocol import EmbeddingRequest, TextInput, TokenInput
-from inference.registry import ModelRuntime, runtimes
 from inference.selectors import embedding_model_get, embedding_model_list
 from inference.services import (
     CountedRequest,
+    backend_errors,
     embedding_model_shed,
     embedding_request_count,
     embeddings_vectors,
+    model_runtime,
 )
 from metering.lifecycle import Cost, MeteredWork, metered_run
 
@@ -102,53 +95,12 @@ def rerank_model_resolve(*, name: str | None) -> EmbeddingModel:
     return model
 
 
-def _runtime(model: EmbeddingModel) -> ModelRuntime:
-    try:
-        return runtimes.get(model)
-    except Exception as exc:
-        raise ApiError(
-            ErrorCode.SERVICE_UNAVAILABLE,
-            f"Model {model.name} is not available right now. Please retry with exponential backoff.",
-        ) from exc
-
-
-@contextmanager
-def _scoring_errors(model: EmbeddingModel) -> Iterator[None]:
-    """A backend's failure as the API's coded error (as the embeddings path maps them)."""
-    try:
-        yield
-    except BackendTimeout as exc:
-        raise ApiError(
-            ErrorCode.SERVICE_TIMEOUT,
-            f"The model did not answer before the request's deadline ({exc}); it was not charged.",
-        ) from exc
-    except BackendOverloaded as exc:
-        raise ApiError(
-            ErrorCode.SERVICE_OVERLOADED,
-            f"{model.name} has more work queued than it can take now; nothing was charged. "
-            "Retry after the Retry-After seconds.",
-            headers={"Retry-After": str(max(int(exc.retry_after + 0.999), 1))},
-        ) from exc
-    except BackendInputError as exc:
-        raise ApiError(
-            ErrorCode.INPUT_VALIDATION_ERROR,
-            f"The model refused this input: {exc}",
-            param="documents",
-        ) from exc
-    except BackendError as exc:
-        logger.warning("Reranking with %s failed: %s", model.name, exc)
-        raise ApiError(
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "The model backend is temporarily unavailable. Please retry with exponential backoff.",
-        ) from exc
-
-
 # --- cross-encoder ---------------------------------------------------------------------------
 
 
 def rerank_pairs_count(*, model: EmbeddingModel, request: RerankRequest) -> list[PairItem]:
     """The (query, document) pairs the cross-encoder will read, truncated as asked."""
-    runtime = _runtime(model)
+    runtime = model_runtime(model)
     if runtime.pairs is None:
         raise ApiError(ErrorCode.SERVICE_UNAVAILABLE, f"{model.name} has no pair tokenizer.")
     try:
@@ -179,12 +131,12 @@ def rerank_pairs_count(*, model: EmbeddingModel, request: RerankRequest) -> list
 
 def rerank_pairs_score(*, model: EmbeddingModel, pairs: list[PairItem]) -> list[float]:
     """The cross-encoder's score of each pair."""
-    backend = _runtime(model).backend
+    backend = model_runtime(model).backend
     if not isinstance(backend, PairScorer):
         raise ApiError(
             ErrorCode.SERVICE_UNAVAILABLE, f"The backend of {model.name} cannot score pairs."
         )
-    with _scoring_errors(model):
+    with backend_errors(model=model, param="documents"):
         scores = backend.score(pairs)
     return [float(score) for score in scores]
 
@@ -221,7 +173,7 @@ def rerank_embeddings_count(*, model: EmbeddingModel, request: RerankRequest) ->
     inputs: list[TextInput | TokenInput] = [TextInput(text) for text in request.documents]
     truncate = request.truncate
     cap = request.max_tokens_per_doc
-    tokenizer = _runtime(model).tokenizer
+    tokenizer = model_runtime(model).tokenizer
     if cap is not None and cap + tokenizer.special_tokens < model.max_tokens:
         # A document limit (of the document's own tokens, as for a cross-encoder) below the
         # model's: cut each (prefixed) document to it here, and let the embeddings path read

@@ -4,6 +4,8 @@ metering lifecycle (`metering.lifecycle.metered_run`), which admits, debits and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -117,7 +119,7 @@ def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
     model = embedding_model_resolve(name=request.model)
     inputs = _with_modalities(request, model)
     prefix = _task_prefix(model, request.task)
-    runtime = _runtime(model)
+    runtime = model_runtime(model)
     if request.late_chunking and not runtime.backend.supports_token_output:
         raise ApiError(
             ErrorCode.INPUT_VALIDATION_ERROR,
@@ -369,7 +371,8 @@ def _late_chunk_items(
     return [EmbedItem(token_ids=sequence.ids, spans=sequence.spans)]
 
 
-def _runtime(model: EmbeddingModel) -> ModelRuntime:
+def model_runtime(model: EmbeddingModel) -> ModelRuntime:
+    """The model's loaded runtime; a model that cannot load is a coded 503."""
     try:
         return runtimes.get(model)
     except Exception as exc:
@@ -394,8 +397,16 @@ def _with_pixels(counted: CountedRequest) -> list[EmbedItem]:
 def embeddings_vectors(*, counted: CountedRequest) -> np.ndarray:
     """Run the backend on a counted request: raw vectors, one row per item (per span)."""
     items = _with_pixels(counted)
-    try:
+    with backend_errors(model=counted.model, param="input"):
         return counted.runtime.backend.embed(items)
+
+
+@contextmanager
+def backend_errors(*, model: EmbeddingModel, param: str) -> Iterator[None]:
+    """A backend's failure as the API's coded error: a timeout 504, a full queue 503 with
+    Retry-After, a refused input 400 naming `param`, anything else 503 (all uncharged)."""
+    try:
+        yield
     except BackendTimeout as exc:
         raise ApiError(
             ErrorCode.SERVICE_TIMEOUT,
@@ -404,7 +415,7 @@ def embeddings_vectors(*, counted: CountedRequest) -> np.ndarray:
     except BackendOverloaded as exc:
         raise ApiError(
             ErrorCode.SERVICE_OVERLOADED,
-            f"{counted.model.name} has more work queued than it can take now; "
+            f"{model.name} has more work queued than it can take now; "
             "nothing was charged. Retry after the Retry-After seconds.",
             headers={"Retry-After": str(max(int(exc.retry_after + 0.999), 1))},
         ) from exc
@@ -412,10 +423,10 @@ def embeddings_vectors(*, counted: CountedRequest) -> np.ndarray:
         raise ApiError(
             ErrorCode.INPUT_VALIDATION_ERROR,
             f"The model refused this input: {exc}",
-            param="input",
+            param=param,
         ) from exc
     except BackendError as exc:
-        logger.warning("Backend for %s failed: %s", counted.model.name, exc)
+        logger.warning("Backend for %s failed: %s", model.name, exc)
         raise ApiError(
             ErrorCode.SERVICE_UNAVAILABLE,
             "The model backend is temporarily unavailable. Please retry with exponential backoff.",

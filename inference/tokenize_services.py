@@ -15,8 +15,7 @@ from django.conf import settings
 
 from embeddings_site.errors import ApiError, ErrorCode
 from inference.models import EmbeddingModel
-from inference.registry import ModelRuntime, runtimes
-from inference.services import embedding_model_resolve
+from inference.services import embedding_model_resolve, model_runtime
 from inference.tokens import TextTokenizer
 from metering.lifecycle import Cost, MeteredWork, metered_run
 
@@ -44,16 +43,6 @@ def tokenize_request_check(*, request: TokenizeRequest) -> None:
             f"{characters:,} characters to tokenize in one request; the limit is {limit:,}.",
             param="input",
         )
-
-
-def _runtime(model: EmbeddingModel) -> ModelRuntime:
-    try:
-        return runtimes.get(model)
-    except Exception as exc:
-        raise ApiError(
-            ErrorCode.SERVICE_UNAVAILABLE,
-            f"Model {model.name} is not available right now. Please retry with exponential backoff.",
-        ) from exc
 
 
 def tokenize_body(
@@ -133,7 +122,7 @@ class TokenizeOperation:
     def run(self) -> Any:
         if self.model is None:
             raise RuntimeError("run() before model_name()")
-        runtime = _runtime(self.model)
+        runtime = model_runtime(self.model)
         return tokenize_body(model=self.model, tokenizer=runtime.tokenizer, request=self.request)
 
 
