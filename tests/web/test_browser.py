@@ -78,6 +78,41 @@ def csp_violations(page: Any) -> list[str]:
     return refused
 
 
+class Problems:
+    """Everything a page did wrong: console errors, uncaught exceptions, failed requests and
+    responses of 400 or more (each an entry saying what), but for answers a test provokes on
+    purpose (`provoked`: URL patterns)."""
+
+    def __init__(self, page: Any, *, provoked: tuple[str, ...] = ()) -> None:
+        self.found: list[str] = []
+        page.on(
+            "console",
+            lambda m: (
+                m.type == "error"
+                and self.found.append(f"console: {m.text} ({m.location.get('url', '')})")
+            ),
+        )
+        page.on("pageerror", lambda error: self.found.append(f"exception: {error}"))
+        # net::ERR_ABORTED is Chromium cancelling what a navigation made moot (the favicon of
+        # a page just left); an error answer is still caught, as its 4xx/5xx status.
+        page.on(
+            "requestfailed",
+            lambda r: (
+                None
+                if r.failure == "net::ERR_ABORTED"
+                else self.found.append(f"failed: {r.url} {r.failure}")
+            ),
+        )
+        page.on(
+            "response",
+            lambda r: (
+                r.status >= 400
+                and not any(re.search(pattern, r.url) for pattern in provoked)
+                and self.found.append(f"HTTP {r.status}: {r.request.method} {r.url}")
+            ),
+        )
+
+
 def wait_for_playground_key(page: Any) -> None:
     """Until the playground's key field holds a key (a Playwright assertion: the page's CSP
     refuses the eval that wait_for_function's string predicates need)."""

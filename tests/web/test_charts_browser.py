@@ -20,7 +20,14 @@ from billing.models import ApiKey, Payment, User
 from metering.ledger import usage_admit, usage_succeed
 from metering.usage import usage_rollup_day
 from tests.factories import ApiKeyFactory
-from tests.web.test_browser import PASSWORD, browser, csp_violations, log_in, shot  # noqa: F401
+from tests.web.test_browser import (  # noqa: F401
+    PASSWORD,
+    Problems,
+    browser,
+    csp_violations,
+    log_in,
+    shot,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,36 +71,6 @@ def accounts() -> dict[str, Any]:
     )
     User.objects.create_user(email="charts-ops@example.com", password=PASSWORD, is_staff=True)
     return {"key": api_key}
-
-
-class Problems:
-    """Everything a page did wrong: console errors, uncaught exceptions, failed requests and
-    responses of 400 or more (each an entry saying what)."""
-
-    def __init__(self, page: Any) -> None:
-        self.found: list[str] = []
-        page.on(
-            "console",
-            lambda m: (
-                m.type == "error"
-                and self.found.append(f"console: {m.text} ({m.location.get('url', '')})")
-            ),
-        )
-        page.on("pageerror", lambda error: self.found.append(f"exception: {error}"))
-        # net::ERR_ABORTED is Chromium cancelling what a navigation made moot; an error answer
-        # is still caught, as its 4xx/5xx status.
-        page.on(
-            "requestfailed",
-            lambda r: (
-                None
-                if r.failure == "net::ERR_ABORTED"
-                else self.found.append(f"failed: {r.url} {r.failure}")
-            ),
-        )
-        page.on(
-            "response",
-            lambda r: r.status >= 400 and self.found.append(f"HTTP {r.status}: {r.url}"),
-        )
 
 
 @pytest.fixture(params=list(VIEWPORTS))

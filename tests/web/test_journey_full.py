@@ -29,7 +29,13 @@ from django.core.management import call_command
 
 from billing.models import ApiKey, User
 from tests.factories import EmbeddingModelFactory
-from tests.web.test_browser import ARTIFACTS, PASSWORD, browser, csp_violations  # noqa: F401
+from tests.web.test_browser import (  # noqa: F401
+    ARTIFACTS,
+    PASSWORD,
+    Problems,
+    browser,
+    csp_violations,
+)
 
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
@@ -94,34 +100,8 @@ class Journey:
     def __init__(self, name: str, page: Any, base: str) -> None:
         self.name, self.page, self.base = name, page, base
         self.dark = PASSES[name]["color_scheme"] == "dark"
-        self.problems: list[str] = []
+        self.problems = Problems(page, provoked=PROVOKED).found
         self.pages: list[str] = []
-        page.on(
-            "console",
-            lambda m: (
-                m.type == "error"
-                and self.problems.append(f"console: {m.text} ({m.location.get('url', '')})")
-            ),
-        )
-        page.on("pageerror", lambda error: self.problems.append(f"exception: {error}"))
-        # net::ERR_ABORTED is Chromium cancelling what a navigation made moot (the favicon of
-        # a page just left); an error answer is still caught, as its 4xx/5xx status.
-        page.on(
-            "requestfailed",
-            lambda r: (
-                None
-                if r.failure == "net::ERR_ABORTED"
-                else self.problems.append(f"failed: {r.url} {r.failure}")
-            ),
-        )
-        page.on(
-            "response",
-            lambda r: (
-                r.status >= 400
-                and not any(re.search(p, r.url) for p in PROVOKED)
-                and self.problems.append(f"HTTP {r.status}: {r.request.method} {r.url}")
-            ),
-        )
 
     def goto(self, path: str, shot: str) -> None:
         self.page.goto(f"{self.base}{path}")
