@@ -24,13 +24,18 @@ def free_port() -> int:
 
 
 class BenchGateway:
-    """`with BenchGateway(threads=16) as gw:` → gw.url, gw.key."""
+    """`with BenchGateway(threads=16) as gw:` → gw.url, gw.key. Without `port`, a free one."""
 
     def __init__(
-        self, *, workers: int = 1, threads: int = 16, env: dict[str, str] | None = None
+        self,
+        *,
+        workers: int = 1,
+        threads: int = 16,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-        self.port = free_port()
+        self.port = port or free_port()
         self.workers, self.threads = workers, threads
         self.env = {
             **{
