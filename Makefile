@@ -103,3 +103,25 @@ vendor:
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# `make bench-peers`: the gateway beside infinity-emb and LiteLLM's proxy on the same model
+# (bench/peers.py). Each peer gets its own environment under $(PEERS_DIR), pinned in
+# bench/peers/*-requirements.txt; torch's CPU build goes in first so infinity pulls no CUDA one.
+# BENCH_PEERS_ARGS passes options, e.g. BENCH_PEERS_ARGS="--rounds 2 --skip-litellm".
+PEERS_DIR ?= var/peers
+BENCH_PEERS_ARGS ?=
+
+$(PEERS_DIR)/infinity/.installed: bench/peers/infinity-requirements.txt
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install --quiet torch==2.13.0
+	$(@D)/bin/pip install --quiet -r $<
+	touch $@
+
+$(PEERS_DIR)/litellm/.installed: bench/peers/litellm-requirements.txt
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/pip install --quiet -r $<
+	touch $@
+
+.PHONY: bench-peers
+bench-peers: install worker-env $(PEERS_DIR)/infinity/.installed $(PEERS_DIR)/litellm/.installed
+	$(BIN)/python -m bench.peers $(BENCH_PEERS_ARGS)
