@@ -285,6 +285,10 @@ CLASSIFIER_MAX_SAMPLES = env_int("CLASSIFIER_MAX_SAMPLES", 2048)
 CLASSIFIER_MAX_LABELS = env_int("CLASSIFIER_MAX_LABELS", 256)
 # Threads torch may use for one forward pass; 0 leaves torch's own default (all cores).
 TORCH_NUM_THREADS = env_int("TORCH_NUM_THREADS", 0)
+# Where CPU models on the onnx runtimes keep their exported graphs. Entries are named by a hash
+# of the checkpoint and the exporter's versions and written atomically, so processes and data
+# directories may share one (the tests point every gateway of a run at one).
+ONNX_CACHE_DIR = Path(env_str("ONNX_CACHE_DIR", str(DATA_DIR / "onnx")))
 # Dynamic batching of in-process CPU models: concurrent requests share forward passes of at
 # most EMBEDDINGS_MAX_BATCH_TOKENS padded tokens, a pass waiting up to EMBEDDINGS_BATCH_WAIT_MS
 # for requests to join it.
@@ -297,6 +301,12 @@ EMBEDDINGS_MAX_BATCH_TOKENS = env_int("EMBEDDINGS_MAX_BATCH_TOKENS", 2048)
 EMBEDDINGS_MULTIVECTOR_MAX_TOKENS = env_int("EMBEDDINGS_MULTIVECTOR_MAX_TOKENS", 16_384)
 # /v1/tokenize reads at most this many characters per request (all its texts together).
 TOKENIZE_MAX_CHARACTERS = env_int("TOKENIZE_MAX_CHARACTERS", 1_000_000)
+# Group commit: concurrent requests' debits and served marks share one transaction per group
+# (each request still waits for its own to commit). Lanes: writers per process on Postgres,
+# keys split among them by id (SQLite has one writer, so one lane); at most MAX writes a group.
+LEDGER_GROUP_COMMIT = env_bool("LEDGER_GROUP_COMMIT", default=True)
+LEDGER_GROUP_LANES = env_int("LEDGER_GROUP_LANES", 4)
+LEDGER_GROUP_MAX = env_int("LEDGER_GROUP_MAX", 128)
 # Active keys are cached this many seconds per process: a revocation reaches every process
 # within that time (at once in the one that revoked). 0 turns the cache off.
 KEY_CACHE_SECONDS = float(env_str("KEY_CACHE_SECONDS", "5"))

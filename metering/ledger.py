@@ -4,13 +4,20 @@ its key's entries (`manage.py ledger_check`)."""
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing.models import ApiKey, LedgerEntry, UsageRecord
+from metering.group_commit import GroupCommit
 
 
 class InsufficientBalance(Exception):
@@ -115,7 +122,26 @@ def _with_note(reference: str, note: str) -> str:
     return (f"{reference} ({note})" if note else reference)[:255]
 
 
-@transaction.atomic
+@dataclass(frozen=True)
+class _Debit:
+    api_key_id: int
+    model: str
+    text_tokens: int
+    image_tokens: int
+    request_id: str
+    endpoint: str
+
+    @property
+    def tokens(self) -> int:
+        return self.text_tokens + self.image_tokens
+
+
+@dataclass(frozen=True)
+class _Served:
+    usage_id: Any
+    latency_ms: float
+
+
 def usage_admit(
     *,
     api_key: ApiKey,
@@ -125,40 +151,164 @@ def usage_admit(
     request_id: str = "",
     endpoint: str = "embeddings",
 ) -> UsageRecord:
-    """Debit a request's tokens at admission: the balance, a ledger entry and a pending usage row.
+    """Debit a request's tokens at admission: the balance, a ledger entry and a pending usage row,
+    committed (in a group with other requests' writes) before this returns.
 
     The conditional update is the guarantee: it takes the tokens only if they are there, and
-    the database serialises concurrent debits of one key on its row.
+    the database serialises concurrent debits of one key on its row. Raises InsufficientBalance.
     """
-    tokens = text_tokens + image_tokens
-    taken = ApiKey.objects.filter(pk=api_key.pk, balance__gte=tokens).update(
-        balance=F("balance") - tokens
-    )
-    if not taken:
-        raise InsufficientBalance
-    usage = UsageRecord.objects.create(
-        api_key=api_key,
-        request_id=request_id[:64],
-        endpoint=endpoint,
+    debit = _Debit(
+        api_key_id=api_key.pk,
         model=model,
         text_tokens=text_tokens,
         image_tokens=image_tokens,
-        charged_tokens=tokens,
+        request_id=request_id[:64],
+        endpoint=endpoint,
     )
-    LedgerEntry.objects.create(
-        api_key=api_key, kind=LedgerEntry.Kind.USAGE, tokens=-tokens, usage=usage
-    )
+    usage = _commit(debit, lane=api_key.pk)
+    assert isinstance(usage, UsageRecord)
     return usage
 
 
 def usage_succeed(*, usage: UsageRecord, latency_ms: float) -> bool:
-    """Mark a debited request served. False when the sweeper already refunded it."""
-    return bool(
-        UsageRecord.objects.filter(pk=usage.pk, status=UsageRecord.Status.PENDING).update(
+    """Mark a debited request served, committed before this returns (in a group with other
+    requests' writes). False when the sweeper already refunded it."""
+    return bool(_commit(_Served(usage_id=usage.pk, latency_ms=latency_ms), lane=usage.api_key_id))
+
+
+# --- group commit ----------------------------------------------------------------------------
+# Concurrent requests' debits and served marks are written in one transaction (see
+# metering.group_commit): the fixed cost of a transaction (on SQLite, the write lock and the
+# commit) is paid once per group instead of once per request. Every request still returns only
+# once its own write is committed, so what is served is charged, and the conditional update per
+# key keeps the balance from going below zero. A key's writes always go to the same lane; on
+# Postgres there are several lanes, so a hot key's row lock holds up only its own lane.
+
+_lanes: list[GroupCommit[_Debit | _Served]] = []
+_lanes_lock = threading.Lock()
+
+
+def _commit(item: _Debit | _Served, *, lane: int) -> object:
+    if connection.in_atomic_block or not settings.LEDGER_GROUP_COMMIT:
+        # Inside the caller's transaction (a batch chunk, a test): written there, at once.
+        (result,) = _write_group([item])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+    lanes = _lanes or _make_lanes()
+    return lanes[lane % len(lanes)].commit(item)
+
+
+def _make_lanes() -> list[GroupCommit[_Debit | _Served]]:
+    with _lanes_lock:
+        if not _lanes:
+            count = 1 if connection.vendor == "sqlite" else max(settings.LEDGER_GROUP_LANES, 1)
+            _lanes.extend(
+                GroupCommit(_write_group, max_group=settings.LEDGER_GROUP_MAX)
+                for _ in range(count)
+            )
+    return _lanes
+
+
+def ledger_group_stats() -> tuple[int, int]:
+    """(groups written, items written) by this process's group commit, all lanes together."""
+    return sum(lane.groups for lane in _lanes), sum(lane.items for lane in _lanes)
+
+
+@transaction.atomic
+def _write_group(items: Sequence[_Debit | _Served]) -> list[object]:
+    """Write a group in one transaction: served marks first, then the debits, key by key in id
+    order (so two processes' groups lock rows in one order and cannot deadlock)."""
+    results: dict[int, object] = {}
+    served = [(i, item) for i, item in enumerate(items) if isinstance(item, _Served)]
+    debits = [(i, item) for i, item in enumerate(items) if isinstance(item, _Debit)]
+    if served:
+        results.update(_write_served(served))
+    if debits:
+        results.update(_write_debits(debits))
+    return [results[i] for i in range(len(items))]
+
+
+def _write_served(served: list[tuple[int, _Served]]) -> dict[int, object]:
+    ids = [item.usage_id for _, item in served]
+    # Locked (Postgres) or under the write lock (SQLite): the sweeper cannot refund a row
+    # between this read and the update below.
+    pending = set(
+        UsageRecord.objects.select_for_update()
+        .filter(pk__in=ids, status=UsageRecord.Status.PENDING)
+        .values_list("pk", flat=True)
+    )
+    now = timezone.now()
+    rows = [
+        UsageRecord(
+            pk=item.usage_id,
             status=UsageRecord.Status.SUCCEEDED,
             http_status=200,
-            latency_ms=latency_ms,
-            finished_at=timezone.now(),
+            latency_ms=item.latency_ms,
+            finished_at=now,
+        )
+        for _, item in served
+        if item.usage_id in pending
+    ]
+    if rows:
+        UsageRecord.objects.bulk_update(rows, ["status", "http_status", "latency_ms", "finished_at"])
+    return {i: item.usage_id in pending for i, item in served}
+
+
+def _write_debits(debits: list[tuple[int, _Debit]]) -> dict[int, object]:
+    results: dict[int, object] = {}
+    by_key: dict[int, list[tuple[int, _Debit]]] = {}
+    for index, debit in debits:
+        by_key.setdefault(debit.api_key_id, []).append((index, debit))
+    now = timezone.now()
+    usages: list[UsageRecord] = []
+    for key_id in sorted(by_key):
+        group = by_key[key_id]
+        for index, debit in _affordable(key_id, group):
+            usage = UsageRecord(
+                id=uuid.uuid4(),
+                api_key_id=key_id,
+                request_id=debit.request_id,
+                endpoint=debit.endpoint,
+                model=debit.model,
+                text_tokens=debit.text_tokens,
+                image_tokens=debit.image_tokens,
+                charged_tokens=debit.tokens,
+                created_at=now,
+            )
+            usages.append(usage)
+            results[index] = usage
+    if usages:
+        UsageRecord.objects.bulk_create(usages)
+        LedgerEntry.objects.bulk_create(
+            LedgerEntry(
+                api_key_id=usage.api_key_id,
+                kind=LedgerEntry.Kind.USAGE,
+                tokens=-usage.charged_tokens,
+                usage=usage,
+            )
+            for usage in usages
+        )
+    for index, _ in debits:
+        results.setdefault(index, InsufficientBalance())
+    return results
+
+
+def _affordable(key_id: int, group: list[tuple[int, _Debit]]) -> list[tuple[int, _Debit]]:
+    """Take a key's debits from its balance: all in one conditional update when they fit
+    together, else one by one in arrival order (each taken only if the balance holds it)."""
+    total = sum(debit.tokens for _, debit in group)
+    if _take(key_id, total):
+        return group
+    if len(group) == 1:
+        return []
+    return [(index, debit) for index, debit in group if _take(key_id, debit.tokens)]
+
+
+def _take(key_id: int, tokens: int) -> bool:
+    return bool(
+        ApiKey.objects.filter(pk=key_id, balance__gte=tokens).update(
+            balance=F("balance") - tokens
         )
     )
 
