@@ -98,6 +98,16 @@ class LimiterContract:
         limiter.release(key=key, slot=a, backend=first.backend)
         assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
 
+    def test_one_at_a_time_requests_never_find_their_own_slot_taken(self, key: str) -> None:
+        """A concurrency-1 client that waits for each answer: never a concurrency 429."""
+        limiter = self.make(window=60)
+        limits = Limits(rpm=10_000, tpm=10**9, concurrency=1)
+        for _ in range(100):
+            taken = slot()
+            decision = limiter.admit(key=key, limits=limits, tokens=3, slot=taken)
+            assert decision.allowed, decision.reason
+            limiter.release(key=key, slot=taken, backend=decision.backend)
+
     def test_a_slot_held_by_a_dead_process_expires(self, key: str) -> None:
         limiter = self.make(lease=0.3)
         limits = Limits(rpm=100, tpm=10_000, concurrency=1)
