@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 @contextmanager
@@ -49,3 +50,31 @@ def private_redis(url: str | None) -> Iterator[str]:
         finally:
             process.terminate()
             process.wait()
+
+
+class CommandTime:
+    """Redis' own time spent in some commands between two points (INFO commandstats deltas,
+    so nothing is reset on a shared server). Microseconds per call, as Redis measures it."""
+
+    def __init__(self, client: Any, *commands: str) -> None:
+        self.client = client
+        self.commands = commands
+        self.calls = 0
+        self.usec = 0
+
+    def _totals(self) -> tuple[int, int]:
+        stats = self.client.info("commandstats")
+        found = [stats.get(f"cmdstat_{name}", {}) for name in self.commands]
+        return sum(s.get("calls", 0) for s in found), sum(s.get("usec", 0) for s in found)
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        calls, usec = self._totals()
+        yield
+        after_calls, after_usec = self._totals()
+        self.calls += after_calls - calls
+        self.usec += after_usec - usec
+
+    @property
+    def usec_per_call(self) -> float:
+        return self.usec / self.calls if self.calls else 0.0
