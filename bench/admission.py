@@ -53,7 +53,8 @@ class Subject:
     module: ModuleType
     admit_rates: list[float] = field(default_factory=list)
     request_rates: list[float] = field(default_factory=list)
-    script_time: CommandTime | None = None
+    script_time: CommandTime | None = None  # during admissions alone
+    request_script_time: CommandTime | None = None  # during whole requests
     calls: dict[str, float] = field(default_factory=dict)
 
     def limiter(self, client: Any) -> Any:
@@ -79,12 +80,16 @@ def slots(count: int) -> list[str]:
     return [uuid.uuid4().hex for _ in range(count)]
 
 
-def timed_rounds(url: str, subjects: list[Subject], operations: int, rounds: int, keys: int):  # type: ignore[no-untyped-def]
+def timed_rounds(
+    url: str, subjects: list[Subject], operations: int, rounds: int, keys: int
+) -> tuple[list[float], list[float], CommandTime]:
+    """Interleaved rounds: INCR, the empty script, then each subject's admissions and requests."""
     client = redis.Redis.from_url(url)
     admin = redis.Redis.from_url(url)
     incr_time = CommandTime(admin, "incr", "incrby")  # redis-py 8 sends INCR as INCRBY
     for subject in subjects:
         subject.script_time = CommandTime(admin, "evalsha")
+        subject.request_script_time = CommandTime(admin, "evalsha", "zrem")
     limiters = [subject.limiter(client) for subject in subjects]
     # Realistic per-key windows: requests spread over `keys` keys, far below their limits.
     limits_of = {
@@ -93,13 +98,33 @@ def timed_rounds(url: str, subjects: list[Subject], operations: int, rounds: int
     key_names = [f"bench-{i}" for i in range(keys)]
     for subject, limiter in zip(subjects, limiters, strict=True):  # loads the scripts
         limiter.admit(key="warm", limits=limits_of[subject.name], tokens=1, slot="warm")
-    incr_rates = []
+    # The floor of any script admission: EVALSHA of a script that does nothing, with the same
+    # keys and arguments. No admission script can beat this ratio.
+    empty = client.register_script("return {'', '0', 0, 0, 0, '0'}")
+    empty_args: list[str | int] = [
+        10**9,
+        10**12,
+        10**9,
+        TOKENS,
+        "slot",
+        60_000_000,
+        300_000_000,
+        "admit",
+        0,
+        0,
+    ]
+    empty(keys=["a", "b"], args=empty_args)
+    incr_rates, empty_rates = [], []
     for _ in range(rounds):
         with incr_time.measure():
             started = time.perf_counter()
             for i in range(operations):
                 client.incr(f"bench-incr-{i % keys}")
             incr_rates.append(operations / (time.perf_counter() - started))
+        started = time.perf_counter()
+        for i in range(operations):
+            empty(keys=[f"rl:{{e{i % keys}}}:log", f"rl:{{e{i % keys}}}:state"], args=empty_args)
+        empty_rates.append(operations / (time.perf_counter() - started))
 
         for subject, limiter in zip(subjects, limiters, strict=True):
             limits = limits_of[subject.name]
@@ -120,14 +145,16 @@ def timed_rounds(url: str, subjects: list[Subject], operations: int, rounds: int
 
             # The whole request: admit, then release.
             taken = slots(operations)
-            started = time.perf_counter()
-            for i, slot in enumerate(taken):
-                key = prefix + key_names[i % keys]
-                limiter.admit(key=key, limits=limits, tokens=TOKENS, slot=slot)
-                limiter.release(key=key, slot=slot, backend="redis")
-            subject.request_rates.append(operations / (time.perf_counter() - started))
+            assert subject.request_script_time is not None
+            with subject.request_script_time.measure():
+                started = time.perf_counter()
+                for i, slot in enumerate(taken):
+                    key = prefix + key_names[i % keys]
+                    limiter.admit(key=key, limits=limits, tokens=TOKENS, slot=slot)
+                    limiter.release(key=key, slot=slot, backend="redis")
+                subject.request_rates.append(operations / (time.perf_counter() - started))
             subject.settle(limiter)
-    return incr_rates, incr_time
+    return incr_rates, empty_rates, incr_time
 
 
 def count_calls(url: str, subject: Subject, requests: int, threads: int) -> None:
@@ -185,7 +212,9 @@ def main() -> None:
     if args.baseline:
         subjects.append(Subject("baseline", load_baseline(args.baseline)))
     with private_redis(args.redis_url) as url:
-        incr_rates, incr_time = timed_rounds(url, subjects, args.operations, args.rounds, args.keys)
+        incr_rates, empty_rates, incr_time = timed_rounds(
+            url, subjects, args.operations, args.rounds, args.keys
+        )
         for subject in subjects:
             count_calls(url, subject, args.operations, args.threads)
     incr_ops = statistics.median(incr_rates)
@@ -211,11 +240,15 @@ def main() -> None:
             f"(admit with exact tokens + release) {calls['sequential']:.3f} sequentially, "
             f"{calls['concurrent']:.3f} from {args.threads} threads"
         )
-        assert subject.script_time is not None
+        assert subject.script_time is not None and subject.request_script_time is not None
+        per_request = subject.request_script_time.usec / (args.operations * args.rounds)
         print(
             f"{label} Redis time (INFO commandstats): admission script "
-            f"{subject.script_time.usec_per_call:.2f} usec/call, INCR {incr_time.usec_per_call:.2f}"
+            f"{subject.script_time.usec_per_call:.2f} usec/call, whole request "
+            f"{per_request:.2f} usec, INCR {incr_time.usec_per_call:.2f} usec/call"
         )
+    floor = statistics.median(a / b for a, b in zip(empty_rates, incr_rates, strict=True))
+    print(f"floor: an empty script with the same arguments/INCR = {floor:.2f}")
     one, five, fifteen = os.getloadavg()
     print(
         f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs "
