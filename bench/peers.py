@@ -112,7 +112,10 @@ class Server:
     def embed(self, texts: list[str]) -> list[str]:
         body = {"model": self.model, "input": texts, "encoding_format": "base64"}
         response = self.client.post(self.url, json=body)
-        response.raise_for_status()
+        if response.is_error:
+            raise RuntimeError(
+                f"{self.name} answered {response.status_code}: {response.text[:500]}"
+            )
         return [row["embedding"] for row in response.json()["data"]]
 
 
