@@ -234,7 +234,10 @@ if count > 0 and oldest <= cutoff then
   local removed, first = 0, 0
   while first == 0 and removed < count do
     local batch = redis.call('LRANGE', KEYS[1], removed, removed + 15)
-    if #batch == 0 then break end
+    if #batch == 0 then  -- shorter than `n` says (evicted?): the log is the truth
+      count = removed
+      break
+    end
     for i = 1, #batch do
       local stamp = tonumber(string.match(batch[i], '^(%d+)'))
       if stamp > cutoff then
@@ -287,9 +290,8 @@ if purged then redis.call('HSET', KEYS[2], 'n', count, 't', used, 'o', oldest) e
 
 _RESET_AFTER = """
 local reset = 0
-if count > 0 then
-  reset = tonumber(string.match(redis.call('LINDEX', KEYS[1], -1), '^(%d+)')) + window - now
-end
+local newest = count > 0 and redis.call('LINDEX', KEYS[1], -1)
+if newest then reset = tonumber(string.match(newest, '^(%d+)')) + window - now end
 """
 
 _ADMIT_SCRIPT = f"""{_PRELUDE}
@@ -312,6 +314,8 @@ if mode == 'admit' then
   elseif inflight + 1 > conc then
     reason, retry = 'concurrency', 1000000
   else
+    -- Without its state a log is left over (evicted, deleted): it would count nothing right.
+    if not exists then redis.call('DEL', KEYS[1]) end
     redis.call('RPUSH', KEYS[1], string.format('%d', now) .. ':' .. ARGV[5] .. ':' .. ARGV[4])
     if count == 0 then oldest = now end
     local span = math.max(window, lease)

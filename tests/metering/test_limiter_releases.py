@@ -224,3 +224,27 @@ def test_process_exit_sends_queued_releases(redis_server: RedisServer, key) -> N
     assert done.returncode == 0, done.stderr
     other_process = RedisLimiter.from_url(redis_server.url, window=60)
     assert other_process.admit(key=key, limits=ONE, tokens=1, slot=new_slot()).allowed
+
+
+def test_keys_out_of_step_heal_instead_of_counting_wrong(redis_server: RedisServer, key) -> None:
+    """A Redis that evicts one of a key's two entries (maxmemory) must not leave it limited
+    by ghosts, nor let old entries go uncounted."""
+    limiter = RedisLimiter.from_url(redis_server.url, window=1)
+    admin = redis.Redis.from_url(redis_server.url)
+    limits = Limits(rpm=3, tpm=10**9, concurrency=100)
+    for _ in range(3):
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=new_slot()).allowed
+    admin.delete(f"rl:{{{key}}}:log")  # the log gone, its counts still in the state
+    refused = limiter.admit(key=key, limits=limits, tokens=1, slot=new_slot())
+    assert not refused.allowed and refused.reason == "requests"  # still within its minute
+    admin.hset(f"rl:{{{key}}}:state", "o", 0)  # as if the oldest entry had left the window
+    healed = limiter.admit(key=key, limits=limits, tokens=1, slot=new_slot())
+    assert healed.allowed and healed.requests_in_window == 1
+
+    other = key + "-b"
+    for _ in range(2):
+        assert limiter.admit(key=other, limits=limits, tokens=1, slot=new_slot()).allowed
+    admin.delete(f"rl:{{{other}}}:state")  # the counts gone, the log left over
+    fresh = limiter.admit(key=other, limits=limits, tokens=1, slot=new_slot())
+    assert fresh.allowed and fresh.requests_in_window == 1
+    assert admin.llen(f"rl:{{{other}}}:log") == 1
