@@ -68,12 +68,12 @@ class GroupCommit(Generic[Item]):
         try:
             self._write(group)
         finally:
+            successor: _Slot[Item] | None = None
             with self._lock:
                 if self._queue:
                     successor = self._queue[0]
                     successor.lead = True
                 else:
-                    successor = None
                     self._writing = False
             for slot in group:
                 slot.done.set()

@@ -166,7 +166,8 @@ def usage_admit(
         endpoint=endpoint,
     )
     usage = _commit(debit, lane=api_key.pk)
-    assert isinstance(usage, UsageRecord)
+    if not isinstance(usage, UsageRecord):
+        raise TypeError(f"a debit wrote {usage!r}")
     return usage
 
 
@@ -204,8 +205,7 @@ def _make_lanes() -> list[GroupCommit[_Debit | _Served]]:
         if not _lanes:
             count = 1 if connection.vendor == "sqlite" else max(settings.LEDGER_GROUP_LANES, 1)
             _lanes.extend(
-                GroupCommit(_write_group, max_group=settings.LEDGER_GROUP_MAX)
-                for _ in range(count)
+                GroupCommit(_write_group, max_group=settings.LEDGER_GROUP_MAX) for _ in range(count)
             )
     return _lanes
 
@@ -230,29 +230,31 @@ def _write_group(items: Sequence[_Debit | _Served]) -> list[object]:
 
 
 def _write_served(served: list[tuple[int, _Served]]) -> dict[int, object]:
-    ids = [item.usage_id for _, item in served]
-    # Locked (Postgres) or under the write lock (SQLite): the sweeper cannot refund a row
-    # between this read and the update below.
-    pending = set(
-        UsageRecord.objects.select_for_update()
-        .filter(pk__in=ids, status=UsageRecord.Status.PENDING)
-        .values_list("pk", flat=True)
+    # One conditional update per row, each telling whether the row was still pending (False:
+    # the sweeper refunded it first). Plain SQL: compiling the ORM's update costs more than
+    # running it, and these run once per request.
+    table = _table(UsageRecord)
+    pk = UsageRecord._meta.get_field("id")
+    finished = _db_value(UsageRecord, "finished_at", timezone.now())
+    sql = (
+        f"UPDATE {table} SET status = %s, http_status = 200, latency_ms = %s, "  # noqa: S608
+        "finished_at = %s WHERE id = %s AND status = %s"
     )
-    now = timezone.now()
-    rows = [
-        UsageRecord(
-            pk=item.usage_id,
-            status=UsageRecord.Status.SUCCEEDED,
-            http_status=200,
-            latency_ms=item.latency_ms,
-            finished_at=now,
-        )
-        for _, item in served
-        if item.usage_id in pending
-    ]
-    if rows:
-        UsageRecord.objects.bulk_update(rows, ["status", "http_status", "latency_ms", "finished_at"])
-    return {i: item.usage_id in pending for i, item in served}
+    results: dict[int, object] = {}
+    with connection.cursor() as cursor:
+        for index, item in served:
+            cursor.execute(
+                sql,
+                [
+                    UsageRecord.Status.SUCCEEDED,
+                    item.latency_ms,
+                    finished,
+                    pk.get_db_prep_value(item.usage_id, connection),
+                    UsageRecord.Status.PENDING,
+                ],
+            )
+            results[index] = cursor.rowcount == 1
+    return results
 
 
 def _write_debits(debits: list[tuple[int, _Debit]]) -> dict[int, object]:
@@ -262,54 +264,81 @@ def _write_debits(debits: list[tuple[int, _Debit]]) -> dict[int, object]:
         by_key.setdefault(debit.api_key_id, []).append((index, debit))
     now = timezone.now()
     usages: list[UsageRecord] = []
-    for key_id in sorted(by_key):
-        group = by_key[key_id]
-        for index, debit in _affordable(key_id, group):
-            usage = UsageRecord(
-                id=uuid.uuid4(),
-                api_key_id=key_id,
-                request_id=debit.request_id,
-                endpoint=debit.endpoint,
-                model=debit.model,
-                text_tokens=debit.text_tokens,
-                image_tokens=debit.image_tokens,
-                charged_tokens=debit.tokens,
-                created_at=now,
+    with connection.cursor() as cursor:
+        for key_id in sorted(by_key):
+            for index, debit in _affordable(cursor, key_id, by_key[key_id]):
+                usage = UsageRecord(
+                    id=uuid.uuid4(),
+                    api_key_id=key_id,
+                    request_id=debit.request_id,
+                    endpoint=debit.endpoint,
+                    model=debit.model,
+                    text_tokens=debit.text_tokens,
+                    image_tokens=debit.image_tokens,
+                    charged_tokens=debit.tokens,
+                    created_at=now,
+                )
+                usage._state.adding = False
+                usages.append(usage)
+                results[index] = usage
+        if usages:
+            _insert(cursor, UsageRecord, usages)
+            _insert(
+                cursor,
+                LedgerEntry,
+                [
+                    LedgerEntry(
+                        api_key_id=usage.api_key_id,
+                        kind=LedgerEntry.Kind.USAGE,
+                        tokens=-usage.charged_tokens,
+                        usage_id=usage.pk,
+                        created_at=now,
+                    )
+                    for usage in usages
+                ],
             )
-            usages.append(usage)
-            results[index] = usage
-    if usages:
-        UsageRecord.objects.bulk_create(usages)
-        LedgerEntry.objects.bulk_create(
-            LedgerEntry(
-                api_key_id=usage.api_key_id,
-                kind=LedgerEntry.Kind.USAGE,
-                tokens=-usage.charged_tokens,
-                usage=usage,
-            )
-            for usage in usages
-        )
     for index, _ in debits:
         results.setdefault(index, InsufficientBalance())
     return results
 
 
-def _affordable(key_id: int, group: list[tuple[int, _Debit]]) -> list[tuple[int, _Debit]]:
+def _affordable(
+    cursor: Any, key_id: int, group: list[tuple[int, _Debit]]
+) -> list[tuple[int, _Debit]]:
     """Take a key's debits from its balance: all in one conditional update when they fit
     together, else one by one in arrival order (each taken only if the balance holds it)."""
     total = sum(debit.tokens for _, debit in group)
-    if _take(key_id, total):
+    if _take(cursor, key_id, total):
         return group
     if len(group) == 1:
         return []
-    return [(index, debit) for index, debit in group if _take(key_id, debit.tokens)]
+    return [(index, debit) for index, debit in group if _take(cursor, key_id, debit.tokens)]
 
 
-def _take(key_id: int, tokens: int) -> bool:
-    return bool(
-        ApiKey.objects.filter(pk=key_id, balance__gte=tokens).update(
-            balance=F("balance") - tokens
-        )
+def _take(cursor: Any, key_id: int, tokens: int) -> bool:
+    cursor.execute(
+        f"UPDATE {_table(ApiKey)} SET balance = balance - %s WHERE id = %s AND balance >= %s",  # noqa: S608
+        [tokens, key_id, tokens],
+    )
+    return bool(cursor.rowcount == 1)
+
+
+def _table(model: type[Any]) -> str:
+    return str(connection.ops.quote_name(model._meta.db_table))
+
+
+def _db_value(model: type[Any], field: str, value: Any) -> Any:
+    return model._meta.get_field(field).get_db_prep_save(value, connection)
+
+
+def _insert(cursor: Any, model: type[Any], rows: list[Any]) -> None:
+    """INSERT rows whose every column is set (no database defaults), in one executemany."""
+    fields = [f for f in model._meta.concrete_fields if not f.db_returning]  # not an auto id
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    cursor.executemany(
+        f"INSERT INTO {_table(model)} ({columns}) VALUES ({marks})",  # noqa: S608 - names from the model
+        [[f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields] for row in rows],
     )
 
 
