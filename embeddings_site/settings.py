@@ -106,6 +106,15 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# Bearer-key API routes skip the browser's middleware (embeddings_site.handlers): no sessions,
+# CSRF, signed-in user, messages, frame options, CSP or static files for /v1.
+API_PATH_PREFIXES = ["/v1/", "/v2/", "/internal/"]
+API_MIDDLEWARE = [
+    "embeddings_site.middleware.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "embeddings_site.middleware.RequestBodyLimitMiddleware",
+    "embeddings_site.middleware.DatabaseFaultMiddleware",
+]
 
 ROOT_URLCONF = "embeddings_site.urls"
 WSGI_APPLICATION = "embeddings_site.wsgi.application"
@@ -177,6 +186,10 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
+            # Kept open by each thread: opening a SQLite connection (and its PRAGMAs) and closing
+            # it (a WAL checkpoint when it is the last) cost more than a request's own queries.
+            "CONN_MAX_AGE": None,
+            "CONN_HEALTH_CHECKS": True,
             # A file, not memory: the live test server and background threads see the same DB.
             "TEST": {"NAME": str(DATA_DIR / "test-db.sqlite3")},
         }

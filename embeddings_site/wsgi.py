@@ -2,11 +2,15 @@
 
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embeddings_site.settings")
+django.setup(set_prefix=False)
 
-application = get_wsgi_application()
+from embeddings_site.handlers import SplitHandler  # noqa: E402 - needs the apps loaded
+
+# API routes through their own short middleware chain, pages through the whole one.
+application = SplitHandler()
 
 
 def _warm_models() -> None:
