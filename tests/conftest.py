@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,17 @@ from tests.factories import ApiKeyFactory, EmbeddingModelFactory
 
 # Real services (private Redis, a fresh Postgres database, gunicorn gateways) as fixtures.
 pytest_plugins = ["tests.infra"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every gateway of a run (each with its own DATA_DIR) and the in-process tests share one
+    ONNX export cache, so the default model is exported once per run, not at each first start.
+    An ONNX_CACHE_DIR already in the environment is kept (a cache kept between runs)."""
+    from django.conf import settings
+
+    os.environ.setdefault("ONNX_CACHE_DIR", str(tmp_path_factory.mktemp("onnx-cache")))
+    settings.ONNX_CACHE_DIR = Path(os.environ["ONNX_CACHE_DIR"])
 
 
 @pytest.fixture(autouse=True)

@@ -1,15 +1,22 @@
 """The CPU backend on ONNX Runtime, optionally with int8 weights.
 
-The encoder is exported from the same transformers checkpoint once (cached next to the data
-directory), then run by onnxruntime; pooling is the torch backend's. At load the two runtimes
+The encoder is exported from the same transformers checkpoint once, then run by onnxruntime;
+pooling is the torch backend's. Exports are cached in a directory that processes may share
+(ONNX_CACHE_DIR): a file is named by a hash of the checkpoint's contents and of the exporter's
+versions, written by one process at a time under a lock and renamed into place whole. At load the two runtimes
 embed the same probe texts and the ONNX path is kept only if every cosine is at least
 `min_cosine` — otherwise the backend falls back to torch and says so in its health.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
+import tempfile
+from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,60 @@ def _import_onnxruntime() -> Any:
             "The onnx runtime needs onnxruntime and onnx: `pip install onnxruntime onnx` (see README)."
         ) from exc
     return onnxruntime
+
+
+# Bump when the export code changes what it writes: old cache entries are then left unused.
+EXPORT_FORMAT = "1"
+EXPORTER_PACKAGES = ("torch", "transformers", "onnxruntime")
+
+
+def export_key(model_dir: Path) -> str:
+    """A hash of what an export depends on: the checkpoint's config and weights (their bytes,
+    not their path, so copies of one checkpoint share an entry) and the exporter's versions."""
+    weights = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
+    digest = hashlib.sha256(f"format {EXPORT_FORMAT}\n".encode())
+    for package in EXPORTER_PACKAGES:
+        digest.update(f"{package} {version(package)}\n".encode())
+    for path in [model_dir / "config.json", *weights]:
+        with path.open("rb") as file:
+            digest.update(path.name.encode() + hashlib.file_digest(file, "sha256").digest())
+    return digest.hexdigest()
+
+
+def write_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, made by `write(partial)` if it is missing. Processes that share the cache take
+    turns on a lock file (the others then find the file made), and each writes to a private
+    temporary name renamed into place, so a crash or a concurrent reader never sees half a file."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.with_name(target.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        handle, name = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".part")
+        os.close(handle)
+        partial = Path(name)
+        try:
+            write(partial)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    return target
+
+
+def _quantize(plain: Path, partial: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Per-channel int8 weights of the MatMuls only: the least lossy dynamic scheme (whole-graph
+    # per-tensor int8 left MiniLM at cosine 0.78 against torch).
+    quantize_dynamic(
+        str(plain),
+        str(partial),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+    )
 
 
 class _LastHiddenState(_import_torch().nn.Module):  # type: ignore[misc]
@@ -77,63 +138,43 @@ class OnnxCpuBackend(TransformersCpuBackend):
         return "onnx-int8" if self.quantize else "onnx"
 
     def _export(self) -> Path:
-        """The ONNX file for this checkpoint (exported once, then reused)."""
-        torch = _import_torch()
-        weights = sorted(self.model_dir.glob("*.safetensors")) or sorted(
-            self.model_dir.glob("*.bin")
-        )
-        digest = hashlib.sha256(
-            b"".join(str(p.stat().st_size).encode() + p.name.encode() for p in weights)
-        )
-        digest.update(str(self.model_dir.resolve()).encode())
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        base = self.cache_dir / f"{self.model_dir.name}-{digest.hexdigest()[:12]}"
-        plain = base.with_suffix(".onnx")
-        if not plain.exists():
-            from transformers import AutoModel
-
-            # Eager attention, and a dummy batch with padding: traced with an all-ones mask,
-            # the graph would leave masking out and pool padding into the vectors.
-            eager = AutoModel.from_pretrained(
-                str(self.model_dir), dtype=torch.float32, attn_implementation="eager"
-            ).eval()
-            dummy_ids = torch.ones((2, 8), dtype=torch.long)
-            dummy_mask = torch.ones((2, 8), dtype=torch.long)
-            dummy_mask[1, 5:] = 0
-            partial = plain.with_suffix(".onnx.part")
-            torch.onnx.export(
-                _LastHiddenState(eager),
-                (dummy_ids, dummy_mask),
-                str(partial),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"],
-                dynamic_axes={
-                    "input_ids": {0: "batch", 1: "sequence"},
-                    "attention_mask": {0: "batch", 1: "sequence"},
-                    "last_hidden_state": {0: "batch", 1: "sequence"},
-                },
-                opset_version=17,
-                dynamo=False,  # the TorchScript exporter handles BERT without onnxscript
-            )
-            partial.rename(plain)
+        """The ONNX file for this checkpoint: exported once into the cache, then reused."""
+        # Named by content alone: copies of a checkpoint at other paths share the entry.
+        base = self.cache_dir / f"encoder-{export_key(self.model_dir)[:24]}"
+        plain = write_once(base.with_suffix(".onnx"), self._export_plain)
         if not self.quantize:
             return plain
-        int8 = base.with_name(base.name + "-int8").with_suffix(".onnx")
-        if not int8.exists():
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+        return write_once(
+            base.with_name(base.name + "-int8").with_suffix(".onnx"),
+            lambda partial: _quantize(plain, partial),
+        )
 
-            partial = int8.with_suffix(".onnx.part")
-            # Per-channel int8 weights of the MatMuls only: the least lossy dynamic scheme
-            # (whole-graph per-tensor int8 left MiniLM at cosine 0.78 against torch).
-            quantize_dynamic(
-                str(plain),
-                str(partial),
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=["MatMul"],
-            )
-            partial.rename(int8)
-        return int8
+    def _export_plain(self, partial: Path) -> None:
+        torch = _import_torch()
+        from transformers import AutoModel
+
+        # Eager attention, and a dummy batch with padding: traced with an all-ones mask,
+        # the graph would leave masking out and pool padding into the vectors.
+        eager = AutoModel.from_pretrained(
+            str(self.model_dir), dtype=torch.float32, attn_implementation="eager"
+        ).eval()
+        dummy_ids = torch.ones((2, 8), dtype=torch.long)
+        dummy_mask = torch.ones((2, 8), dtype=torch.long)
+        dummy_mask[1, 5:] = 0
+        torch.onnx.export(
+            _LastHiddenState(eager),
+            (dummy_ids, dummy_mask),
+            str(partial),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "last_hidden_state": {0: "batch", 1: "sequence"},
+            },
+            opset_version=17,
+            dynamo=False,  # the TorchScript exporter handles BERT without onnxscript
+        )
 
     def load(self) -> None:
         super().load()  # the torch model: the exporter's source and the quality reference
