@@ -57,6 +57,8 @@ class TransformersCpuBackend(EmbeddingBackend):
         batch_wait: float | None = None,
         max_queued_tokens: int | None = None,
         label: str = "",
+        device: str = "cpu",
+        dtype: str = "float32",
     ) -> None:
         self.model_dir = model_dir
         self.label = label or model_dir.name
@@ -68,6 +70,10 @@ class TransformersCpuBackend(EmbeddingBackend):
         # Tokens the batcher may hold queued before it sheds requests; None: the setting
         # EMBEDDINGS_MAX_QUEUED_TOKENS.
         self.max_queued_tokens = max_queued_tokens
+        # The gateway runs on the CPU in float32; bench/gpu_backend.py runs the same code on a
+        # GPU ("cuda", "float16"). Pooling is always float32.
+        self.device = device
+        self.dtype = dtype
         self._model: Any = None
         self._pad_id = 0
         self.batcher: DynamicBatcher | None = None
@@ -86,8 +92,8 @@ class TransformersCpuBackend(EmbeddingBackend):
 
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        model = AutoModel.from_pretrained(str(self.model_dir), dtype=torch.float32)
-        model.eval()
+        model = AutoModel.from_pretrained(str(self.model_dir), dtype=getattr(torch, self.dtype))
+        model.to(self.device).eval()
         self._pad_id = model.config.pad_token_id or 0
         self._model = model
         if self.batch_wait is not None and self.batcher is None:
@@ -138,16 +144,19 @@ class TransformersCpuBackend(EmbeddingBackend):
     def _forward(self, batch: list[EmbedItem]) -> list[np.ndarray]:
         torch = _import_torch()
         input_ids, mask = padded_batch(batch, self._pad_id)
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         with self._lock, torch.inference_mode():
             try:
-                hidden = self._hidden(input_ids, mask)
+                hidden = self._hidden(input_ids, mask).float()
             except (RuntimeError, IndexError, ValueError) as exc:
                 raise BackendError(f"forward pass failed: {exc}") from exc
             if batch[0].spans is not None:  # a late-chunking item, alone in its batch
                 spans = batch[0].spans
                 chunks = torch.stack([hidden[0, start:end].mean(dim=0) for start, end in spans])
-                return [chunks.numpy()]
-            pooled = self._pool(hidden, mask).numpy()
+                return [chunks.cpu().numpy()]
+            pooled = self._pool(hidden, mask).cpu().numpy()
+            if any(item.per_token for item in batch):
+                hidden = hidden.cpu()
             return [
                 hidden[row, : len(item.token_ids)].numpy()
                 if item.per_token
