@@ -188,6 +188,10 @@ class ClassifyOperation:
         labels = sum(len(group.labels) for group in self.request.groups or [])
         return len(self.request.inputs) + labels
 
+    def count_is_cheap(self) -> bool:
+        """Counting embeds every label too: after admission."""
+        return False
+
     def count(self) -> Cost:
         if self.model is None:
             raise RuntimeError("count() before model_name()")
@@ -270,6 +274,10 @@ class TrainOperation:
 
     def min_tokens(self) -> int:
         return len(self.request.examples) * self.request.num_iters
+
+    def count_is_cheap(self) -> bool:
+        """Counting tokenizes every example: after admission."""
+        return False
 
     def count(self) -> Cost:
         if self.model is None:

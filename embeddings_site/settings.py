@@ -320,6 +320,10 @@ TOKENIZE_MAX_CHARACTERS = env_int("TOKENIZE_MAX_CHARACTERS", 1_000_000)
 LEDGER_GROUP_COMMIT = env_bool("LEDGER_GROUP_COMMIT", default=True)
 LEDGER_GROUP_LANES = env_int("LEDGER_GROUP_LANES", 4)
 LEDGER_GROUP_MAX = env_int("LEDGER_GROUP_MAX", 128)
+# A request of at most this many characters (texts and token ids, no images) is counted before
+# admission, so one limiter call admits it with its exact tokens (tokenizing that much costs
+# less than the second call would).
+PREADMIT_COUNT_MAX_CHARACTERS = env_int("PREADMIT_COUNT_MAX_CHARACTERS", 4096)
 # Active keys are cached this many seconds per process: a revocation reaches every process
 # within that time (at once in the one that revoked). 0 turns the cache off.
 KEY_CACHE_SECONDS = float(env_str("KEY_CACHE_SECONDS", "5"))

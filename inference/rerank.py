@@ -251,6 +251,10 @@ class RerankOperation:
         # Every document costs at least one token and the query at least one more.
         return len(self.request.documents) + 1
 
+    def count_is_cheap(self) -> bool:
+        """Counting reads every document: after admission."""
+        return False
+
     def count(self) -> Cost:
         model = self._model()
         if model.is_reranker:

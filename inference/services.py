@@ -507,6 +507,22 @@ def embedding_min_tokens(*, request: EmbeddingRequest) -> int:
     return len(request.inputs)
 
 
+def embedding_count_is_cheap(*, request: EmbeddingRequest) -> bool:
+    """Texts and token ids only, at most PREADMIT_COUNT_MAX_CHARACTERS characters (or ids) in
+    all: counting that costs less than a limiter call, so it may run before admission."""
+    budget = settings.PREADMIT_COUNT_MAX_CHARACTERS
+    for item in request.inputs:
+        if isinstance(item, TextInput):
+            budget -= len(item.text)
+        elif isinstance(item, TokenInput):
+            budget -= len(item.ids)
+        else:
+            return False
+        if budget < 0:
+            return False
+    return True
+
+
 class EmbeddingsOperation:
     """POST /v1/embeddings as a metered operation (see `metering.lifecycle`)."""
 
@@ -525,6 +541,9 @@ class EmbeddingsOperation:
 
     def min_tokens(self) -> int:
         return embedding_min_tokens(request=self.request)
+
+    def count_is_cheap(self) -> bool:
+        return embedding_count_is_cheap(request=self.request)
 
     def count(self) -> Cost:
         self.counted = embedding_request_count(request=self.request)

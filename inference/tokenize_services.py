@@ -115,6 +115,10 @@ class TokenizeOperation:
     def min_tokens(self) -> int:
         return 0
 
+    def count_is_cheap(self) -> bool:
+        """Tokenizing up to TOKENIZE_MAX_CHARACTERS is the work itself: after admission."""
+        return False
+
     def count(self) -> Cost:
         tokenize_request_check(request=self.request)
         return Cost(text_tokens=0)

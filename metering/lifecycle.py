@@ -9,10 +9,12 @@ The order is the guarantee (README, "The request lifecycle"):
    looks short) must hold the operation's lower bound of tokens (refused here with 403, so a
    refusal for balance takes no rate limit), then one limiter call takes a slot and the
    request count, if the window has room for that bound of TPM (not taken: the exact count
-   is, at the debit);
+   is, at the debit). A request whose count is cheaper than that call (a few short texts,
+   nothing to fetch) is counted first, and the one call takes its exact tokens too;
 4. count — exactly, with bounded work (tokenize; fetch images under a per-request budget);
-5. debit — the exact tokens: the limiter takes them (if the minute has room), then the balance's
-   conditional update, its ledger entry and a pending usage row in one transaction;
+5. debit — the exact tokens: the limiter takes them (if the minute has room and they were not
+   taken at pre-admission), then the balance's conditional update, its ledger entry and a
+   pending usage row in one transaction (shared with concurrent requests': group commit);
 6. run — under the request's deadline (counted from its arrival), for its tenant;
 7. settle — served, or refunded on any error, an error while settling included; what finishes
    after its deadline is refunded and answered 504.
@@ -111,8 +113,12 @@ class MeteredOperation(Protocol[T]):  # type: ignore[misc]
     def min_tokens(self) -> int:
         """A lower bound of the cost from what is already parsed (no tokenizing, no fetching)."""
 
+    def count_is_cheap(self) -> bool:
+        """Whether count() is cheaper than a limiter call (a few short texts, nothing to fetch):
+        then it runs before pre-admission, which takes the exact tokens at once."""
+
     def count(self) -> Cost:
-        """The exact cost, with bounded work; runs only after pre-admission."""
+        """The exact cost, with bounded work; runs after pre-admission unless it is cheap."""
 
     def run(self) -> T:
         """The work itself, under the deadline; runs only after the debit."""
@@ -162,23 +168,32 @@ class MeteredWork(Generic[T]):
 
     # --- 3. pre-admission ------------------------------------------------------------------
 
-    def preadmit(self, *, model: str, min_tokens: int) -> None:
-        """Refuse what cannot be served before any costly work; take a slot and the bound."""
-        self.model, self.estimate = model, max(min_tokens, 0)
+    def preadmit(self, *, model: str, min_tokens: int, cost: Cost | None = None) -> None:
+        """Refuse what cannot be served before any costly work; take a slot and the bound.
+
+        With the exact `cost` already counted (cheaply), its tokens are taken at once, and the
+        debit needs no second limiter call."""
+        exact = cost is not None
+        self.model = model
+        self.estimate = cost.tokens if cost is not None else max(min_tokens, 0)
         self._check_deadline()
         if self.estimate > self.limits.tpm:
-            raise self._over_tpm(self.estimate, at_least=True)
+            raise self._over_tpm(self.estimate, at_least=not exact)
         # The cached key's balance answers most requests without a query; only one that looks
         # unaffordable reads it fresh (a top-up may be newer than the cache). The debit's
         # conditional update is what decides in the end.
         if self.api_key.balance < self.estimate and self._fresh_balance() < self.estimate:
-            raise self._insufficient(self.estimate, at_least=True)
+            raise self._insufficient(self.estimate, at_least=not exact)
         try:
-            # The bound must fit the window but is not taken: the exact count is, at the debit.
+            # A bound must fit the window but is not taken: the exact count is, at the debit.
             # (Taking the bound would hold capacity that refused requests give back only later,
             # and a full minute would then serve fewer requests than its TPM allows.)
             decision = get_limiter().admit(
-                key=self.tenant, limits=self.limits, tokens=0, slot=self._slot, need=self.estimate
+                key=self.tenant,
+                limits=self.limits,
+                tokens=self.estimate if exact else 0,
+                slot=self._slot,
+                need=0 if exact else self.estimate,
             )
         except LimiterUnavailable as exc:
             raise ApiError(
@@ -188,6 +203,8 @@ class MeteredWork(Generic[T]):
         self.decision = decision
         if not decision.allowed:
             raise self._rate_limited(decision, self.estimate)
+        if exact:
+            self._taken = self.estimate
 
     def _fresh_balance(self) -> int:
         return int(ApiKey.objects.values_list("balance", flat=True).get(pk=self.api_key.pk))
@@ -442,9 +459,11 @@ def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
     work.model = operation.model_name()
     api_key_model_check(api_key=work.api_key, model=work.model)
     operation.shed()
-    work.preadmit(model=work.model, min_tokens=operation.min_tokens())
     with deadline_scope(deadline=work.deadline, tenant=work.tenant):
-        cost = operation.count()
+        cost = operation.count() if operation.count_is_cheap() else None
+        work.preadmit(model=work.model, min_tokens=operation.min_tokens(), cost=cost)
+        if cost is None:
+            cost = operation.count()
         work.debit(cost)
         _release_pooled_connection()
         result = operation.run()

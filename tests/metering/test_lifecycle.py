@@ -204,3 +204,38 @@ def test_every_gateway_process_runs_the_sweeper(settings) -> None:
     assert [thread.name for thread in started] == ["usage-sweeper"]
     assert all(thread.is_alive() for thread in started)
     assert "usage-sweeper" in {thread.name for thread in threading.enumerate()}
+
+
+def _admission_scripts(redis_url: str) -> int:
+    """EVALSHA calls the Redis server has run (the limiter's scripts), from its own stats."""
+    import redis
+
+    stats = redis.Redis.from_url(redis_url).info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_short_request_is_admitted_with_its_exact_tokens_in_one_limiter_call(
+    embed, key, redis_server, settings
+) -> None:
+    from metering.limiter import get_limiter, reset_limiter
+
+    settings.RATE_LIMIT_REDIS_URL = redis_server.url
+    reset_limiter()
+    # A busy process: every release rides the next admission (no quiet-time flush between).
+    get_limiter().primary.flush_delay = 3600  # type: ignore[attr-defined]
+    long_text = "word " * (settings.PREADMIT_COUNT_MAX_CHARACTERS // 5 + 1)
+    embed({"input": [long_text], "truncate": True})  # loads the scripts
+    before = _admission_scripts(redis_server.url)
+    short = embed({"input": ["a short text"]})
+    short_calls = _admission_scripts(redis_server.url) - before
+    before = _admission_scripts(redis_server.url)
+    long = embed({"input": [long_text], "truncate": True})
+    long_calls = _admission_scripts(redis_server.url) - before
+
+    assert short.status_code == long.status_code == 200
+    # Counted before admission: one call takes the request, its slot and its exact tokens
+    # (the previous request's slot rides it back). A long input is admitted on a bound first
+    # and its exact tokens are taken at the debit: two calls.
+    assert (short_calls, long_calls) == (1, 2)
+    spent = short.json()["usage"]["total_tokens"] + 2 * long.json()["usage"]["total_tokens"]
+    assert int(long["X-RateLimit-Remaining-Tokens"]) == 1_000_000 - spent
