@@ -8,16 +8,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import pytest
 from django.db import connection
 
 from billing.models import ApiKey, LedgerEntry, UsageRecord
+from billing.services import api_key_create
 from metering import ledger
 from metering.group_commit import GroupCommit
 from metering.ledger import InsufficientBalance, ledger_mismatches, usage_admit, usage_succeed
-from billing.services import api_key_create
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -134,9 +133,7 @@ def test_concurrent_debits_are_committed_in_groups_and_never_overspend() -> None
 
     def debit_then_serve(i: int) -> None:
         try:
-            usage = usage_admit(
-                api_key=api_key, model="m", text_tokens=cost, request_id=f"r{i}"
-            )
+            usage = usage_admit(api_key=api_key, model="m", text_tokens=cost, request_id=f"r{i}")
         except InsufficientBalance:
             outcome = "refused"
         else:
