@@ -52,6 +52,11 @@ BATCH_ITEMS = Histogram(
     ["model"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
+LEDGER_GROUP_WRITES = Histogram(
+    "embeddings_ledger_group_writes",
+    "Debits and served marks per ledger transaction (group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 WORKER_REQUESTS = Counter(
     "embeddings_worker_requests", "Calls to vLLM workers", ["model", "worker", "outcome"]
 )

@@ -17,6 +17,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing.models import ApiKey, LedgerEntry, UsageRecord
+from embeddings_site.metrics import LEDGER_GROUP_WRITES
 from metering.group_commit import GroupCommit
 
 
@@ -219,6 +220,7 @@ def ledger_group_stats() -> tuple[int, int]:
 def _write_group(items: Sequence[_Debit | _Served]) -> list[object]:
     """Write a group in one transaction: served marks first, then the debits, key by key in id
     order (so two processes' groups lock rows in one order and cannot deadlock)."""
+    LEDGER_GROUP_WRITES.observe(len(items))
     results: dict[int, object] = {}
     served = [(i, item) for i, item in enumerate(items) if isinstance(item, _Served)]
     debits = [(i, item) for i, item in enumerate(items) if isinstance(item, _Debit)]

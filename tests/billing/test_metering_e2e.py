@@ -244,3 +244,51 @@ def test_sqlite_default_writes_refusals_in_the_background(gateways, tmp_path: Pa
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert {row["http_status"] for row in key_state(gateway, key)["rows"]} == {403}
+
+
+def test_a_key_whose_row_is_locked_holds_up_only_its_own_writes(
+    gateways, postgres_url, tmp_path
+) -> None:
+    """Group commit on Postgres: while one key's row is locked (a long transaction elsewhere),
+    that key's requests wait, and another key's requests are still served at once."""
+    import psycopg
+
+    gateway = Gateway(
+        tmp_path / "gw",
+        workers=1,
+        threads=8,
+        env={
+            "DATABASE_URL": postgres_url,
+            "DATABASE_LOCK_TIMEOUT_MS": "120000",
+            "DATABASE_STATEMENT_TIMEOUT_MS": "120000",
+        },
+    ).start()
+    gateways.append(gateway)
+    hot, cold = (create_key(gateway, "--tokens", "100000") for _ in range(2))
+    for key in (hot, cold):  # authenticated, cached and touched: the next writes are debits
+        assert embed(gateway.url, key, {"input": "warm"}).status_code == 200
+    with psycopg.connect(postgres_url) as admin:
+        ids = {row[0]: row[1] for row in admin.execute("SELECT prefix, id FROM billing_apikey")}
+    hot_id = next(i for prefix, i in ids.items() if hot.startswith(prefix))
+    cold_id = next(i for prefix, i in ids.items() if cold.startswith(prefix))
+    assert hot_id % 4 != cold_id % 4, "the two keys must fall in different lanes"
+
+    locker = psycopg.connect(postgres_url)
+    locker.execute("SELECT balance FROM billing_apikey WHERE id = %s FOR UPDATE", [hot_id])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        waiting = pool.submit(embed, gateway.url, hot, {"input": "hot"})
+        with psycopg.connect(postgres_url, autocommit=True) as watcher:
+            deadline = time.monotonic() + 60
+            while not watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "the hot key's debit never reached its row"
+                time.sleep(0.01)
+        served = embed(gateway.url, cold, {"input": "cold"})
+        assert served.status_code == 200  # while the hot key's row is still locked
+        assert not waiting.done()
+        locker.rollback()
+        locker.close()
+        assert waiting.result().status_code == 200
+    assert_ledger_ok(gateway)
