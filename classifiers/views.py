@@ -31,6 +31,7 @@ from classifiers.selectors import classifier_get_owned, classifier_list
 from classifiers.services import classifier_delete, classifier_train_create, classify_create
 from embeddings_site.api_schema import ERRORS, ErrorResponse
 from embeddings_site.errors import ApiError, ErrorCode
+from embeddings_site.validation import serializer_for
 from metering.api import MeteredApiView
 from metering.authentication import ApiKeyAuthentication
 
@@ -85,7 +86,7 @@ class ClassifyApi(MeteredApiView):
         ],
     )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = serializer_for(self.InputSerializer, data=request.data)
         serializer.is_valid(raise_exception=True)
         api_key: ApiKey = request.auth  # type: ignore[assignment]
         body = classify_create(
@@ -131,7 +132,7 @@ class TrainApi(MeteredApiView):
         ],
     )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = serializer_for(self.InputSerializer, data=request.data)
         serializer.is_valid(raise_exception=True)
         api_key: ApiKey = request.auth  # type: ignore[assignment]
         body = classifier_train_create(

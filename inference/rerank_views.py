@@ -20,6 +20,7 @@ from rest_framework.response import Response
 
 from embeddings_site.api_schema import ERRORS, NON_BLANK_PATTERN
 from embeddings_site.errors import ErrorCode
+from embeddings_site.validation import serializer_for
 from inference.protocol import StrictBooleanField, StrictCharField, StrictPositiveIntegerField
 from inference.rerank import RerankRequest, RerankResult, rerank_create
 from metering.api import MeteredApiView
@@ -362,7 +363,7 @@ class RerankCreateApi(MeteredApiView):
         ],
     )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = serializer_for(self.InputSerializer, data=request.data)
         serializer.is_valid(raise_exception=True)
         rerank_request = serializer.to_request()
         result = rerank_create(work=request.work, request=rerank_request)  # type: ignore[attr-defined]
@@ -400,7 +401,7 @@ class CohereRerankCreateApi(MeteredApiView):
         ],
     )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = serializer_for(self.InputSerializer, data=request.data)
         serializer.is_valid(raise_exception=True)
         rerank_request = serializer.to_request()
         result = rerank_create(work=request.work, request=rerank_request)  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from embeddings_site.api_schema import ERRORS, TOKENIZE_RESPONSE_SCHEMA
 from embeddings_site.errors import ErrorCode
+from embeddings_site.validation import serializer_for
 from inference.protocol import StrictBooleanField, StrictCharField
 from inference.tokenize_services import TokenizeRequest, TokenizeShape, tokenize_create
 from metering.api import MeteredApiView
@@ -132,7 +133,7 @@ class TokenizeCreateApi(MeteredApiView):
         ],
     )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = serializer_for(self.InputSerializer, data=request.data)
         serializer.is_valid(raise_exception=True)
         body = tokenize_create(work=request.work, request=serializer.to_request())  # type: ignore[attr-defined]
         return Response(body)

@@ -22,6 +22,7 @@ from embeddings_site.api_schema import (
     ModelList,
 )
 from embeddings_site.errors import ApiError, ErrorCode
+from embeddings_site.validation import serializer_for
 from inference.models import EmbeddingModel
 from inference.protocol import EmbeddingRequestSerializer
 from inference.rerank import rerank_method
@@ -44,7 +45,7 @@ class EmbeddingCreateApi(MeteredApiView):
         examples=EMBEDDING_EXAMPLES,
     )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = serializer_for(self.InputSerializer, data=request.data)
         serializer.is_valid(raise_exception=True)
         body = embeddings_create(work=request.work, request=serializer.to_request())  # type: ignore[attr-defined]
         return Response(body)
