@@ -219,7 +219,7 @@ def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
             if settings.EMBEDDINGS_DYNAMIC_BATCHING
             else None,
             max_batch_tokens=settings.EMBEDDINGS_MAX_BATCH_TOKENS,
-            cache_dir=settings.DATA_DIR / "onnx",
+            cache_dir=settings.ONNX_CACHE_DIR,
             label=model.name,
         )
     if model.backend == EmbeddingModel.Backend.CLIP:
