@@ -41,15 +41,17 @@ def test_the_catalogs_cpu_models_default_to_onnx() -> None:
 
 @pytest.mark.django_db
 def test_the_registered_default_model_serves_on_onnx_with_sentence_transformers_vectors(
-    reference_model, settings
+    reference_model, settings, tmp_path: Path
 ) -> None:
     settings.EMBEDDINGS_DYNAMIC_BATCHING = False
+    settings.ONNX_CACHE_DIR = tmp_path / "shared-cache"
     embedding_model_register_defaults()
     model = EmbeddingModel.objects.get(name=DEFAULT_MODELS[0]["name"])
     assert model.runtime == "onnx"
     runtime = RuntimeRegistry().get(model)
     assert runtime.backend.runtime == "onnx"  # type: ignore[attr-defined]
     assert "(onnx, probe cosine" in runtime.backend.health().detail
+    assert len(list(settings.ONNX_CACHE_DIR.glob("*.onnx"))) == 1  # the export is shared
     assert runtime.backend.probe_cosine >= 0.9999  # type: ignore[attr-defined]
     rows = runtime.tokenizer.encode(TEXTS, max_tokens=model.max_tokens, truncate=True)
     vectors = runtime.backend.embed([EmbedItem(token_ids=row) for row in rows])
