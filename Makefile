@@ -125,3 +125,22 @@ $(PEERS_DIR)/litellm/.installed: bench/peers/litellm-requirements.txt
 .PHONY: bench-peers
 bench-peers: install worker-env $(PEERS_DIR)/infinity/.installed $(PEERS_DIR)/litellm/.installed
 	$(BIN)/python -m bench.peers $(BENCH_PEERS_ARGS)
+
+# `make bench`: every figure of README's Benchmarks table, one benchmark after another in one
+# run (each prints its ratios and the load average); the output is also kept in
+# var/bench/latest.txt. Run it on a quiet machine: the figures are ratios of things measured side
+# by side, but two cores shared with anything else make every one of them noisy.
+BENCH_OUT ?= var/bench/latest.txt
+
+.PHONY: bench
+bench: install worker-env $(PEERS_DIR)/infinity/.installed $(PEERS_DIR)/litellm/.installed
+	@mkdir -p $(dir $(BENCH_OUT))
+	@{ date -u && uptime && \
+	  $(BIN)/python -m bench.gateway_overhead && \
+	  $(BIN)/python -m bench.cpu_backend && \
+	  $(BIN)/python -m bench.concurrency && \
+	  $(BIN)/python -m bench.concurrency --workers 2 --env TORCH_NUM_THREADS=1 && \
+	  $(BIN)/python -m bench.admission && \
+	  $(BIN)/python -m bench.vllm_tail && \
+	  $(BIN)/python -m bench.peers $(BENCH_PEERS_ARGS); } > $(BENCH_OUT) 2>&1; \
+	  status=$$?; cat $(BENCH_OUT); exit $$status
