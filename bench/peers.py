@@ -216,7 +216,11 @@ def against_litellm(args: argparse.Namespace, processes: Processes) -> None:
         str(worker_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(MODEL_DIR),
         "--runner", "pooling", "--served-model-name", MODEL, "--max-model-len", "256",
         "--dtype", "float32", "--host", "127.0.0.1", "--port", str(args.worker_port),
-    ], peer_env(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind"))  # fmt: skip
+        "--distributed-executor-backend", "uni",
+    ], peer_env(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind",
+                # run_worker's `cpu_threads = 1` for a host shared with the gateway (README, GPU
+                # workers): one OpenMP thread, the pass in the engine process (no busy-polling).
+                OMP_NUM_THREADS="1", VLLM_ENABLE_V1_MULTIPROCESSING="0"))  # fmt: skip
     # Without a database LiteLLM checks one master key, a string compare. The cost map is read
     # from the package instead of being fetched.
     master_key = f"sk-{secrets.token_hex(32)}"
