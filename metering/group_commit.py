@@ -7,8 +7,9 @@ of them leads the next group, taking everything queued by then (at most `max_gro
 caller returns only when its own work is committed, with its own result or exception.
 
 This module knows nothing of what is written: `apply(items)` does it (the ledger's debits and
-settlements), returning one result or exception per item. A group whose `apply` raises is
-retried item by item, so one bad item fails only itself.
+settlements), returning one result or exception per item. A group whose `apply` raises an
+error that `isolate` says one item may have caused is retried item by item, so one bad item
+fails only itself; any other error (the database is gone) fails the whole group at once.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ class _Slot(Generic[Item]):
 class GroupCommit(Generic[Item]):
     """Leader/follower group commit over one `apply` (one lane)."""
 
-    def __init__(self, apply: Apply[Item], *, max_group: int = 128) -> None:
+    def __init__(
+        self,
+        apply: Apply[Item],
+        *,
+        max_group: int = 128,
+        isolate: Callable[[BaseException], bool] = lambda exc: True,
+    ) -> None:
         self._apply = apply
+        self._isolate = isolate
         self._max_group = max(max_group, 1)
         self._lock = threading.Lock()
         self._queue: list[_Slot[Item]] = []
@@ -86,8 +94,9 @@ class GroupCommit(Generic[Item]):
         try:
             results = self._apply([slot.item for slot in group])
         except BaseException as exc:  # noqa: BLE001 - handed to the caller it belongs to
-            if len(group) == 1:
-                group[0].error = exc
+            if len(group) == 1 or not self._isolate(exc):
+                for slot in group:
+                    slot.error = exc
                 return
             for slot in group:  # isolate: one bad item must not fail the others
                 self._write_alone(slot)

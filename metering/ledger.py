@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
@@ -197,6 +197,10 @@ def _commit(item: _Debit | _Served, *, lane: int) -> object:
         if isinstance(result, BaseException):
             raise result
         return result
+    if connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        # A pooled connection goes back before the wait: threads queued behind a group must
+        # not hold the pool dry while the group's writer needs a connection to write them.
+        connection.close()
     lanes = _lanes or _make_lanes()
     return lanes[lane % len(lanes)].commit(item)
 
@@ -206,9 +210,16 @@ def _make_lanes() -> list[GroupCommit[_Debit | _Served]]:
         if not _lanes:
             count = 1 if connection.vendor == "sqlite" else max(settings.LEDGER_GROUP_LANES, 1)
             _lanes.extend(
-                GroupCommit(_write_group, max_group=settings.LEDGER_GROUP_MAX) for _ in range(count)
+                GroupCommit(_write_group, max_group=settings.LEDGER_GROUP_MAX, isolate=_item_error)
+                for _ in range(count)
             )
     return _lanes
+
+
+def _item_error(exc: BaseException) -> bool:
+    """An error one write may have caused (a constraint, a bad value), worth retrying the group
+    item by item; a connection or timeout error would only fail again once per item."""
+    return isinstance(exc, IntegrityError | DataError)
 
 
 def ledger_group_stats() -> tuple[int, int]:

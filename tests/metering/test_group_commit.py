@@ -107,6 +107,40 @@ def test_a_group_that_fails_is_retried_item_by_item_so_only_the_bad_item_fails()
     assert groups == [[1], [12, 13, 14], [12], [13], [14]]
 
 
+def test_a_group_whose_database_is_gone_fails_at_once_without_retrying_each_item() -> None:
+    gate, groups = threading.Event(), []
+
+    def apply(items: Sequence[int]) -> list[object]:
+        if not groups:
+            gate.wait(10)
+        groups.append(list(items))
+        if len(groups) > 1:
+            raise ConnectionError("the pool has no connection")
+        return list(items)
+
+    commit: GroupCommit[int] = GroupCommit(
+        apply, isolate=lambda exc: not isinstance(exc, ConnectionError)
+    )
+    outcomes: dict[int, object] = {}
+
+    def submit(i: int) -> None:
+        try:
+            outcomes[i] = commit.commit(i)
+        except ConnectionError as exc:
+            outcomes[i] = str(exc)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pool.submit(submit, 1)
+        wait_until(lambda: commit._writing and not commit._queue)
+        for i in (2, 3, 4):
+            pool.submit(submit, i)
+        wait_until(lambda: len(commit._queue) == 3)
+        gate.set()
+
+    assert outcomes == {1: 1, **{i: "the pool has no connection" for i in (2, 3, 4)}}
+    assert groups == [[1], [2, 3, 4]]  # no retry per item: each would wait for the pool again
+
+
 class BusyDatabase:
     """Another connection holding SQLite's write lock: the ledger's writers queue behind it,
     as they do behind a long transaction, until `release()`."""
