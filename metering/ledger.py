@@ -190,6 +190,15 @@ _lanes: list[GroupCommit[_Debit | _Served]] = []
 _lanes_lock = threading.Lock()
 
 
+def release_pooled_connection() -> None:
+    """Give this thread's pooled connection back while it waits (for the model, for a group),
+    so that a pool sized for the request threads is never held dry by waiting threads. Without
+    a pool, keeping the connection is cheaper."""
+    if connection.in_atomic_block or not connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        return
+    connection.close()
+
+
 def _commit(item: _Debit | _Served, *, lane: int) -> object:
     if connection.in_atomic_block or not settings.LEDGER_GROUP_COMMIT:
         # Inside the caller's transaction (a batch chunk, a test): written there, at once.
@@ -197,10 +206,9 @@ def _commit(item: _Debit | _Served, *, lane: int) -> object:
         if isinstance(result, BaseException):
             raise result
         return result
-    if connection.settings_dict.get("OPTIONS", {}).get("pool"):
-        # A pooled connection goes back before the wait: threads queued behind a group must
-        # not hold the pool dry while the group's writer needs a connection to write them.
-        connection.close()
+    # Threads queued behind a group must not hold the pool dry while the group's writer needs
+    # a connection to write them.
+    release_pooled_connection()
     lanes = _lanes or _make_lanes()
     return lanes[lane % len(lanes)].commit(item)
 

@@ -44,7 +44,13 @@ from embeddings_site.errors import ApiError, ErrorCode, database_unavailable
 from embeddings_site.metrics import request_observe
 from metering.authentication import api_key_model_check
 from metering.hooks import after_debit_run
-from metering.ledger import InsufficientBalance, usage_admit, usage_refund, usage_succeed
+from metering.ledger import (
+    InsufficientBalance,
+    release_pooled_connection,
+    usage_admit,
+    usage_refund,
+    usage_succeed,
+)
 from metering.limiter import Decision, LimiterUnavailable, Limits, format_duration, get_limiter
 from metering.usage import usage_record_refused, usage_writer
 
@@ -444,15 +450,6 @@ def _drop_broken_connection() -> None:
     close_old_connections()
 
 
-def _release_pooled_connection() -> None:
-    """Give this thread's pooled connection back while the model runs, so that a pool sized
-    for the request threads is never held dry by inference (and a settle after a database
-    fault finds a fresh connection). Without a pool, keeping the connection is cheaper."""
-    if connection.in_atomic_block or not connection.settings_dict.get("OPTIONS", {}).get("pool"):
-        return
-    connection.close()
-
-
 def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
     """Run one operation through the whole lifecycle; the caller settles failures with
     `work.fail()` (the API view's exception handler does) and always calls `work.close()`."""
@@ -465,7 +462,7 @@ def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
         if cost is None:
             cost = operation.count()
         work.debit(cost)
-        _release_pooled_connection()
+        release_pooled_connection()  # and a settle after a fault finds a fresh one
         result = operation.run()
     work.succeed()
     return result
