@@ -36,39 +36,49 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 class GatedApply:
-    """An apply whose first group waits at a gate, so that the others queue behind it."""
+    """An apply whose first group waits at a gate, so that the others queue behind it; then
+    `then(items)` answers (or raises) for every group."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: Callable[[Sequence[int]], list[object]]) -> None:
+        self.then = then
         self.gate = threading.Event()
-        self.entered = threading.Event()
         self.groups: list[list[int]] = []
 
     def __call__(self, items: Sequence[int]) -> list[object]:
         if not self.groups:
-            self.entered.set()
             self.gate.wait(10)
         self.groups.append(list(items))
-        return [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items]
+        return self.then(items)
 
 
-def test_work_queued_behind_a_group_is_written_as_one_group_with_its_own_results() -> None:
-    apply = GatedApply()
-    commit: GroupCommit[int] = GroupCommit(apply)
+def behind_a_held_group(
+    commit: GroupCommit[int], apply: GatedApply, first: int, rest: Sequence[int]
+) -> dict[int, object]:
+    """Commit `first` (its group held at the gate), queue `rest` behind it, open the gate; each
+    item's result, or its exception's message."""
     outcomes: dict[int, object] = {}
 
     def submit(i: int) -> None:
         try:
             outcomes[i] = commit.commit(i)
-        except ValueError as exc:
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
             outcomes[i] = str(exc)
 
-    with ThreadPoolExecutor(max_workers=9) as pool:
-        pool.submit(submit, 0)
-        apply.entered.wait(10)
-        for i in range(1, 9):
+    with ThreadPoolExecutor(max_workers=len(rest) + 1) as pool:
+        pool.submit(submit, first)
+        wait_until(lambda: commit._writing and not commit._queue)
+        for i in rest:
             pool.submit(submit, i)
-        wait_until(lambda: len(commit._queue) == 8)
+        wait_until(lambda: len(commit._queue) == len(rest))
         apply.gate.set()
+    return outcomes
+
+
+def test_work_queued_behind_a_group_is_written_as_one_group_with_its_own_results() -> None:
+    apply = GatedApply(lambda items: [ValueError(f"odd {i}") if i % 2 else i * 10 for i in items])
+    commit: GroupCommit[int] = GroupCommit(apply)
+
+    outcomes = behind_a_held_group(commit, apply, 0, range(1, 9))
 
     assert apply.groups == [[0], [1, 2, 3, 4, 5, 6, 7, 8]]
     assert outcomes == {i: (f"odd {i}" if i % 2 else i * 10) for i in range(9)}
@@ -76,69 +86,32 @@ def test_work_queued_behind_a_group_is_written_as_one_group_with_its_own_results
 
 
 def test_a_group_that_fails_is_retried_item_by_item_so_only_the_bad_item_fails() -> None:
-    gate, groups = threading.Event(), []
-
-    def apply(items: Sequence[int]) -> list[object]:
-        if not groups:
-            gate.wait(10)  # the first group holds the lead while the others queue
-        groups.append(list(items))
+    def then(items: Sequence[int]) -> list[object]:
         if 13 in items:
             raise RuntimeError("constraint failed")
         return list(items)
 
-    commit: GroupCommit[int] = GroupCommit(apply)
-    outcomes: dict[int, object] = {}
-
-    def submit(i: int) -> None:
-        try:
-            outcomes[i] = commit.commit(i)
-        except RuntimeError as exc:
-            outcomes[i] = str(exc)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        pool.submit(submit, 1)
-        wait_until(lambda: commit._writing and not commit._queue)
-        for i in (12, 13, 14):
-            pool.submit(submit, i)
-        wait_until(lambda: len(commit._queue) == 3)
-        gate.set()
+    apply = GatedApply(then)
+    outcomes = behind_a_held_group(GroupCommit(apply), apply, 1, (12, 13, 14))
 
     assert outcomes == {1: 1, 12: 12, 13: "constraint failed", 14: 14}
-    assert groups == [[1], [12, 13, 14], [12], [13], [14]]
+    assert apply.groups == [[1], [12, 13, 14], [12], [13], [14]]
 
 
 def test_a_group_whose_database_is_gone_fails_at_once_without_retrying_each_item() -> None:
-    gate, groups = threading.Event(), []
-
-    def apply(items: Sequence[int]) -> list[object]:
-        if not groups:
-            gate.wait(10)
-        groups.append(list(items))
-        if len(groups) > 1:
+    def then(items: Sequence[int]) -> list[object]:
+        if 1 not in items:
             raise ConnectionError("the pool has no connection")
         return list(items)
 
+    apply = GatedApply(then)
     commit: GroupCommit[int] = GroupCommit(
         apply, isolate=lambda exc: not isinstance(exc, ConnectionError)
     )
-    outcomes: dict[int, object] = {}
-
-    def submit(i: int) -> None:
-        try:
-            outcomes[i] = commit.commit(i)
-        except ConnectionError as exc:
-            outcomes[i] = str(exc)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        pool.submit(submit, 1)
-        wait_until(lambda: commit._writing and not commit._queue)
-        for i in (2, 3, 4):
-            pool.submit(submit, i)
-        wait_until(lambda: len(commit._queue) == 3)
-        gate.set()
+    outcomes = behind_a_held_group(commit, apply, 1, (2, 3, 4))
 
     assert outcomes == {1: 1, **{i: "the pool has no connection" for i in (2, 3, 4)}}
-    assert groups == [[1], [2, 3, 4]]  # no retry per item: each would wait for the pool again
+    assert apply.groups == [[1], [2, 3, 4]]  # no retry per item: each would wait for the pool
 
 
 class BusyDatabase:
