@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import UTC, datetime, time, timedelta
+from datetime import timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -25,11 +25,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from billing import payments, stripe_api, webhooks
 from billing.models import ApiKey, Payment, User
-from billing.selectors import api_key_list, usage_daily, usage_records
+from billing.selectors import api_key_list, last_days, usage_by_day
 from embeddings_site.ip_limits import posts_limited_per_ip
 from metering.lifecycle import limits_for
 from metering.selectors import api_key_get_active
-from metering.usage import usage_sums
 
 
 def _user(request: HttpRequest) -> User:
@@ -332,26 +331,16 @@ def _key_box_key(plaintext: str) -> ApiKey | None:
 
 
 def _key_box_usage(api_key: ApiKey) -> list[dict[str, Any]]:
-    """The key's last days by day and endpoint: the rollup before today, today's request rows
-    live (as the dashboards count them), days with requests only, newest first."""
-    today = timezone.now().date()
-    since = today - timedelta(days=KEY_BOX_USAGE_DAYS - 1)
-    rows = [
-        row
-        for row in usage_daily(api_key=api_key, since=since, group_by=("day", "endpoint"))
-        if row["day"] < today
-    ]
-    start = datetime.combine(today, time.min, tzinfo=UTC)
-    rows += [
-        {"day": today, **row}
-        for row in usage_sums(
-            usage_records(api_key=api_key).filter(created_at__gte=start), "endpoint"
-        )
-    ]
-    for row in rows:
-        for field in ("requests", "errors", "text_tokens", "image_tokens", "charged_tokens"):
-            row[field] = int(row[field] or 0)
-    return sorted(rows, key=lambda row: (row["day"], row["endpoint"]), reverse=True)
+    """The key's last days by day and endpoint, as the dashboards count them (usage_by_day),
+    days with requests only, newest first."""
+    rows = usage_by_day(
+        api_key=api_key, usage_slice=last_days(KEY_BOX_USAGE_DAYS), by=("endpoint",)
+    )
+    return sorted(
+        (row for row in rows if row["requests"]),
+        key=lambda row: (row["day"], row["endpoint"]),
+        reverse=True,
+    )
 
 
 def _key_box_render(

@@ -115,20 +115,26 @@ def usage_record_refused(
     )
 
 
-def usage_sums(records: QuerySet[UsageRecord], *by: str) -> QuerySet[UsageRecord, dict[str, Any]]:
-    """Finished requests summed per `by` fields: requests, errors, tokens of served requests
-    and charged tokens — the figures of a UsageDaily row."""
-    return (
-        records.exclude(status=UsageRecord.Status.PENDING)
-        .values(*by)
-        .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=~Q(status=UsageRecord.Status.SUCCEEDED)),
-            text_tokens=Sum("text_tokens", filter=Q(status=UsageRecord.Status.SUCCEEDED)),
-            image_tokens=Sum("image_tokens", filter=Q(status=UsageRecord.Status.SUCCEEDED)),
-            charged_tokens=Sum("charged_tokens"),
-        )
-    )
+def _sums() -> dict[str, Any]:
+    return {
+        "requests": Count("id"),
+        "errors": Count("id", filter=~Q(status=UsageRecord.Status.SUCCEEDED)),
+        "text_tokens": Sum("text_tokens", filter=Q(status=UsageRecord.Status.SUCCEEDED)),
+        "image_tokens": Sum("image_tokens", filter=Q(status=UsageRecord.Status.SUCCEEDED)),
+        "charged_tokens": Sum("charged_tokens"),
+    }
+
+
+def usage_sums(records: QuerySet[UsageRecord], *by: str) -> list[dict[str, Any]]:
+    """Finished requests summed per `by` fields (over all of them when none is named):
+    requests, errors, tokens of served requests and charged tokens — the figures of a
+    UsageDaily row. No rows, no sums."""
+    finished = records.exclude(status=UsageRecord.Status.PENDING)
+    if not by:
+        # values() with no fields would group by every column: one "sum" per request.
+        total = finished.aggregate(**_sums())
+        return [total] if total["requests"] else []
+    return list(finished.values(*by).annotate(**_sums()))
 
 
 @transaction.atomic

@@ -11,7 +11,7 @@ from django import forms
 from django.http import QueryDict
 from django.utils import timezone
 
-from web.selectors import UsageSlice, last_days
+from billing.selectors import UsageSlice, last_days
 
 # A range of at most a year and a day: a leap year's every day, and no table without bound.
 MAX_DAYS = 366

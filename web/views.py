@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from batch.selectors import batch_job_list
 from billing.models import ApiKey, User
 from billing.payments import auto_recharge_get, payment_list
-from billing.selectors import api_key_list, ledger_entries
+from billing.selectors import USAGE_FIELDS, UsageSlice, api_key_list, ledger_entries, usage_by_day
 from billing.services import (
     EmailVerificationError,
     TokensMoveRefused,
@@ -469,7 +469,7 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 def _endpoint_charts(
-    rows: list[dict[str, Any]], *, chart_prefix: str, usage_slice: selectors.UsageSlice
+    rows: list[dict[str, Any]], *, chart_prefix: str, usage_slice: UsageSlice
 ) -> list[tuple[str, Any]]:
     """Requests per day, one chart per endpoint that had any (tokens and errors are in the
     endpoint table beside them)."""
@@ -524,7 +524,7 @@ def _usage_slice(params: QueryDict, *, groups: dict[str, str]) -> tuple[UsageSli
 
 def _usage_rows(
     *,
-    usage_slice: selectors.UsageSlice,
+    usage_slice: UsageSlice,
     user: User | None = None,
     api_key: ApiKey | None = None,
 ) -> list[dict[str, Any]]:
@@ -533,7 +533,7 @@ def _usage_rows(
     by: tuple[str, ...] = ("endpoint", "model", "api_key__prefix")
     if user is None and api_key is None:
         by += ("api_key__user__email",)
-    return selectors.usage_by_day(user=user, api_key=api_key, usage_slice=usage_slice, by=by)
+    return usage_by_day(user=user, api_key=api_key, usage_slice=usage_slice, by=by)
 
 
 def _usage_params(usage: UsageSliceForm, **extra: str) -> dict[str, str]:
@@ -608,11 +608,11 @@ def usage_csv(request: HttpRequest) -> HttpResponse:
         rows = _usage_rows(
             usage_slice=usage_slice, user=None if everyone else user, api_key=api_key
         )
-        header = [usage_slice.group, *selectors.USAGE_FIELDS, "error_rate"]
+        header = [usage_slice.group, *USAGE_FIELDS, "error_rate"]
         lines = [
             [
                 entry["group"].isoformat() if usage_slice.group == "day" else entry["group"],
-                *(entry[field] for field in selectors.USAGE_FIELDS),
+                *(entry[field] for field in USAGE_FIELDS),
                 f"{entry['error_rate']:.4f}",
             ]
             for entry in selectors.usage_table(rows=rows, usage_slice=usage_slice)

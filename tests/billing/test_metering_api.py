@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from billing.models import LedgerEntry, UsageRecord
-from billing.selectors import usage_daily
+from billing.selectors import usage_by_day
 from billing.services import api_key_create
 from metering.ledger import ledger_mismatches
 from metering.usage import usage_rollup_day
@@ -175,12 +177,20 @@ def test_usage_rows_and_daily_rollups(call, make_key, client) -> None:
     api_key = make_key(tokens=10_000)
     served = [call(api_key, {"input": f"text number {i}"}) for i in range(3)]
     call(api_key, {"input": ""})  # refused, free
-    usage_rollup_day(day=UsageRecord.objects.first().created_at.date())
-    (day,) = usage_daily(api_key=api_key)
-    assert day["requests"] == 4
-    assert day["errors"] == 1
-    assert day["charged_tokens"] == sum(r.json()["usage"]["total_tokens"] for r in served)
-    by_model = usage_daily(user=api_key.user, group_by=("model",))
+    charged = sum(r.json()["usage"]["total_tokens"] for r in served)
+    (today,) = usage_by_day(api_key=api_key)  # today: counted live from the request rows
+    assert (today["requests"], today["errors"], today["charged_tokens"]) == (4, 1, charged)
+
+    # The same requests as yesterday's: read from the rollup, as the dashboards read past days.
+    yesterday = timezone.now().date() - timedelta(days=1)
+    UsageRecord.objects.filter(api_key=api_key).update(
+        created_at=timezone.now() - timedelta(days=1)
+    )
+    usage_rollup_day(day=yesterday)
+    (day,) = usage_by_day(api_key=api_key)
+    assert (day["day"], day["requests"], day["errors"]) == (yesterday, 4, 1)
+    assert day["charged_tokens"] == charged
+    by_model = usage_by_day(user=api_key.user, by=("model",))
     # The refused request never named a model that could be resolved.
     assert {row["model"]: row["requests"] for row in by_model} == {"all-MiniLM-L6-v2": 3, "": 1}
 
