@@ -12,24 +12,31 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
+# A batch's metadata, as OpenAI bounds it: string pairs, at most this many keys of at most this
+# many characters, values of at most this many.
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+
 
 @extend_schema_field(
     {
         "type": "object",
         "additionalProperties": {"type": "string"},
-        "maxProperties": 16,
+        "maxProperties": MAX_METADATA_KEYS,
         "example": {"project": "nightly-index"},
     }
 )
 class MetadataField(serializers.DictField):
-    """A batch's metadata: up to 16 string pairs (sampled with an example, not `property1`)."""
+    """A batch's metadata: up to MAX_METADATA_KEYS string pairs (sampled with an example, not `property1`)."""
 
 
 @extend_schema_field(
     {
         "type": "object",
-        "additionalProperties": {"type": "string", "maxLength": 512},
-        "maxProperties": 16,
+        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS},
+        "propertyNames": {"maxLength": MAX_METADATA_KEY_CHARS},
+        "maxProperties": MAX_METADATA_KEYS,
         "example": {"project": "nightly-index"},
     }
 )

@@ -39,7 +39,6 @@ from metering.authentication import api_key_model_check
 from metering.lifecycle import Cost, charge_served
 
 COMPLETION_WINDOW = "24h"
-MAX_METADATA_KEYS = 16
 
 
 def _new_id(prefix: str) -> str:

@@ -25,6 +25,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from batch.api_schema import (
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_CHARS,
     BatchList,
     JinaBatchStatus,
     MetadataInputField,
@@ -342,15 +345,20 @@ class BatchesApi(BatchApiView):
             choices=[COMPLETION_WINDOW], help_text="OpenAI's; the one window served."
         )
         metadata = MetadataInputField(
-            child=StrictCharField(max_length=512, allow_blank=True),
+            child=StrictCharField(max_length=MAX_METADATA_VALUE_CHARS, allow_blank=True),
             required=False,
             allow_null=True,
-            help_text="Up to 16 string pairs kept with the batch.",
+            help_text=f"Up to {MAX_METADATA_KEYS} string pairs kept with the batch.",
         )
 
         def validate_metadata(self, value: dict[str, str] | None) -> dict[str, str] | None:
-            if value and (len(value) > 16 or any(len(key) > 64 for key in value)):
-                raise serializers.ValidationError("At most 16 keys of up to 64 characters.")
+            if value and (
+                len(value) > MAX_METADATA_KEYS
+                or any(len(key) > MAX_METADATA_KEY_CHARS for key in value)
+            ):
+                raise serializers.ValidationError(
+                    f"At most {MAX_METADATA_KEYS} keys of up to {MAX_METADATA_KEY_CHARS} characters."
+                )
             return value
 
     @extend_schema(

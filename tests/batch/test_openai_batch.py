@@ -136,6 +136,9 @@ def test_the_same_inline_job_on_the_jina_route_of_the_embedded_default(server, k
     assert status["stats"]["total_tokens"] == tokens
 
 
+WINDOW = {"endpoint": "/v1/embeddings", "completion_window": "24h"}
+
+
 def test_bad_uploads_and_batches_are_refused_with_codes(oai, settings) -> None:
     settings.BATCH_MAX_LINES = 5
     settings.BATCH_MAX_FILE_BYTES = 2000
@@ -164,16 +167,23 @@ def test_bad_uploads_and_batches_are_refused_with_codes(oai, settings) -> None:
     for kwargs, param in [
         ({"endpoint": "/v1/chat/completions", "completion_window": "24h"}, "endpoint"),
         ({"endpoint": "/v1/embeddings", "completion_window": "48h"}, "completion_window"),
+        # OpenAI's metadata bounds: 16 keys, keys of 64 characters, values of 512.
+        ({**WINDOW, "metadata": {f"k{n}": "v" for n in range(17)}}, "metadata"),
+        ({**WINDOW, "metadata": {"k" * 65: "v"}}, "metadata"),
+        ({**WINDOW, "metadata": {"k": "v" * 513}}, "metadata"),
     ]:
         with pytest.raises(openai.BadRequestError) as raised:
             oai.batches.create(input_file_id=uploaded.id, **kwargs)
         assert raised.value.body["code"] == "INPUT_VALIDATION_ERROR"
-        assert raised.value.body["param"] == param
+        assert raised.value.body["param"].split(".")[0] == param  # metadata.<key> for a value
     with pytest.raises(openai.NotFoundError):
         oai.batches.create(
             input_file_id="file-nope", endpoint="/v1/embeddings", completion_window="24h"
         )
     assert oai.batches.list().data == []
+    widest = {f"{n:0>64}": "v" * 512 for n in range(16)}
+    created = oai.batches.create(input_file_id=uploaded.id, metadata=widest, **WINDOW)
+    assert created.metadata == widest
 
 
 def test_another_key_cannot_see_or_cancel_a_batch(oai, server) -> None:
