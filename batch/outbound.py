@@ -1,8 +1,9 @@
 """HTTP calls to the clients' own servers: fetching a job's `input_url` and posting its webhook.
 
-Both go through the image fetcher's SSRF guard (public addresses only, the checked address
-pinned for the connection, redirects re-checked, time and size limits); BATCH_URL_ALLOWED_HOSTS
-lists host:port pairs exempt from the public-address rule (tests only).
+Both go through the outbound guard, embeddings_site.public_http (public addresses only, a
+bounded DNS lookup, the checked address pinned for the connection, redirects re-checked, time
+and size limits); BATCH_URL_ALLOWED_HOSTS lists host:port pairs exempt from the public-address
+rule (tests only).
 
 Webhook signature: `X-Webhook-Signature: v1=<hex>` is HMAC-SHA256 with the job's
 `webhook_secret` over `"<X-Webhook-Timestamp>." + raw body`, as Stripe signs its webhooks.
@@ -16,7 +17,7 @@ import time
 
 from django.conf import settings
 
-from inference.image_fetch import FetchLimits, ImageFetchError, fetch_public_bytes, post_public
+from embeddings_site.public_http import FetchLimits, PublicUrlError, fetch_public_bytes, post_public
 
 
 class OutboundError(Exception):
@@ -39,7 +40,7 @@ def input_url_fetch(url: str) -> bytes:
             label="input",
             accept="application/jsonl, application/x-ndjson, text/plain, */*",
         )
-    except ImageFetchError as exc:
+    except PublicUrlError as exc:
         raise OutboundError(str(exc)) from exc
 
 
@@ -67,7 +68,7 @@ def webhook_post(*, url: str, secret: str, job_id: str, body: bytes) -> None:
             allowed_hosts=settings.BATCH_URL_ALLOWED_HOSTS,
             label="webhook",
         )
-    except ImageFetchError as exc:
+    except PublicUrlError as exc:
         raise OutboundError(str(exc)) from exc
     if not 200 <= status < 300:
         raise OutboundError(f"webhook URL answered HTTP {status}")

@@ -32,7 +32,7 @@ from batch.selectors import (
 from billing.models import ApiKey
 from embeddings_site.background import task_enqueue_named
 from embeddings_site.errors import ApiError, ErrorCode
-from inference.image_fetch import ImageFetchError, check_public_url
+from embeddings_site.public_http import PublicUrlError, check_public_url
 from inference.models import EmbeddingModel
 from inference.services import embedding_model_resolve
 from metering.authentication import api_key_model_check
@@ -210,7 +210,7 @@ def _check_task(model: EmbeddingModel, task: str | None) -> None:
 def _check_url(url: str, *, param: str, label: str) -> None:
     try:
         check_public_url(url, allowed_hosts=settings.BATCH_URL_ALLOWED_HOSTS, label=label)
-    except ImageFetchError as exc:
+    except PublicUrlError as exc:
         raise ApiError(ErrorCode.INPUT_VALIDATION_ERROR, f"{param}: {exc}", param=param) from exc
 
 

@@ -459,6 +459,9 @@ IMAGE_FETCH_CONCURRENCY = env_int("IMAGE_FETCH_CONCURRENCY", 8)
 # host:port pairs fetched even when they resolve to a non-public address. Empty in production;
 # the tests name their local image server here and nothing else.
 IMAGE_FETCH_ALLOWED_HOSTS: list[str] = env_list("IMAGE_FETCH_ALLOWED_HOSTS", [])
+# Every URL a client hands the server (images, a batch's input_url and webhook) is resolved
+# within this many seconds (getaddrinfo has no timeout of its own), or refused.
+OUTBOUND_DNS_TIMEOUT_SECONDS = float(env_str("OUTBOUND_DNS_TIMEOUT_SECONDS", "2"))
 
 # --- vLLM workers ------------------------------------------------------------------------
 # Shared secret the worker launcher presents to register and heartbeat; unset disables it.

@@ -24,7 +24,8 @@ from django.conf import settings
 from PIL import Image, UnidentifiedImageError
 
 from embeddings_site.deadlines import current_deadline
-from inference.image_fetch import FetchBudget, FetchCalledOff, ImageFetchError, fetch_image_bytes
+from embeddings_site.public_http import FetchBudget, FetchCalledOff, PublicUrlError
+from inference.image_fetch import fetch_image_bytes
 
 # Pillow decoders that may run on untrusted input; everything else is refused unopened.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
@@ -67,7 +68,7 @@ def image_bytes(source: str) -> bytes:
     if _is_url(source):
         try:
             return fetch_image_bytes(source)
-        except ImageFetchError as exc:
+        except PublicUrlError as exc:
             raise ImageInputError(str(exc)) from exc
     return _inline_bytes(source)
 

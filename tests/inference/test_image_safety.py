@@ -18,7 +18,12 @@ import pytest
 
 from billing.services import api_key_create
 from embeddings_site.deadlines import Deadline, deadline_scope
-from inference.image_fetch import ImageFetchError, _checked_target, is_public_address
+from embeddings_site.public_http import (
+    PublicUrlError,
+    check_public_url,
+    checked_target,
+    is_public_address,
+)
 from inference.image_tiles import ImageInputError, images_load, read_header
 from tests.factories import UserFactory
 from tests.inference.images import ImageServer, b64, data_uri, image_bytes, png_header_only
@@ -163,8 +168,40 @@ def test_loopback_in_every_spelling_is_refused_without_a_connection(
     ],
 )
 def test_private_link_local_and_reserved_addresses_are_refused(url) -> None:
-    with pytest.raises(ImageFetchError, match="not a public address"):
-        _checked_target(url)
+    with pytest.raises(PublicUrlError, match="not a public address"):
+        checked_target(url, allowed_hosts=[], label="image")
+
+
+@pytest.fixture
+def hanging_dns(monkeypatch):
+    """A resolver that never answers for one public name, as a broken DNS server on the internet
+    would (a stand-in for the public internet: nothing here may reach it). Other names resolve
+    as usual. Released at the end so its lookup thread finishes."""
+    import socket
+
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "hangs.example.com":
+            release.wait(timeout=10)  # without the guard's timeout the test fails, not hangs
+            raise socket.gaierror("released")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield
+    release.set()
+
+
+def test_a_lookup_that_never_answers_is_refused_within_the_dns_timeout(
+    embed_image, key, settings, hanging_dns
+) -> None:
+    settings.OUTBOUND_DNS_TIMEOUT_SECONDS = 0.2
+    response = embed_image("http://hangs.example.com/x.png")
+    assert_refused_uncharged(response, key, "did not resolve within 0.2 s")
+    # The same guard bounds a batch job's webhook and input_url before anything is stored.
+    with pytest.raises(PublicUrlError, match="did not resolve"):
+        check_public_url("https://hangs.example.com/hook", allowed_hosts=[], label="webhook")
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
