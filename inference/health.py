@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET
 
 from embeddings_site.json import json_response
 from embeddings_site.metrics import metrics_caller_allowed
+from inference.backends.base import Capability
 from inference.registry import runtimes
 from inference.selectors import embedding_model_list
 
@@ -59,9 +60,9 @@ def ready(request: HttpRequest) -> HttpResponse:
         model_states[model.name] = {"state": status.state}
         if operator:
             model_states[model.name]["detail"] = status.detail
-            workers_status = getattr(runtimes.loaded_backend(model), "workers_status", None)
-            if workers_status is not None:
-                model_states[model.name]["workers"] = workers_status()
+            backend = runtimes.loaded_backend(model)
+            if backend is not None and backend.can(Capability.WORKERS):
+                model_states[model.name]["workers"] = backend.workers_status()
         if status.state == "not loaded":
             unloaded.append(model)
     if unloaded:

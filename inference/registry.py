@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from inference.backends.base import BackendHealth, EmbeddingBackend
+from inference.backends.base import BackendHealth, Capability, EmbeddingBackend
 from inference.backends.clip import ClipCpuBackend
 from inference.backends.cpu_runtimes import cpu_backend_for
 from inference.backends.cross_encoder import CrossEncoderCpuBackend
@@ -207,7 +207,9 @@ def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
                 num_threads=settings.TORCH_NUM_THREADS,
             )
         if model.backend == EmbeddingModel.Backend.VLLM:
-            return VllmBackend(model_name=model.name)
+            return VllmBackend(
+                model_name=model.name, capabilities=frozenset({Capability.SCORE_PAIRS})
+            )
         raise ValueError(f"a reranker cannot run on the {model.backend!r} backend")
     if model.backend == EmbeddingModel.Backend.CPU:
         return cpu_backend_for(
@@ -225,7 +227,10 @@ def backend_for(model: EmbeddingModel, directory: Path) -> EmbeddingBackend:
     if model.backend == EmbeddingModel.Backend.CLIP:
         return ClipCpuBackend(model_dir=directory, num_threads=settings.TORCH_NUM_THREADS)
     if model.backend == EmbeddingModel.Backend.VLLM:
-        return VllmBackend(model_name=model.name)
+        images = {Capability.IMAGES} if model.accepts_images else set()
+        return VllmBackend(
+            model_name=model.name, capabilities=frozenset({Capability.EMBED, *images})
+        )
     raise ValueError(f"unknown backend {model.backend!r}")
 
 

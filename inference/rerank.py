@@ -23,7 +23,8 @@ import numpy as np
 from django.conf import settings
 
 from embeddings_site.errors import ApiError, ErrorCode
-from inference.backends.scoring import PairItem, PairScorer
+from inference.backends.base import Capability
+from inference.backends.scoring import PairItem
 from inference.models import EmbeddingModel
 from inference.pair_tokens import DocumentTooLong, QueryTooLong
 from inference.protocol import EmbeddingRequest, TextInput, TokenInput
@@ -132,7 +133,7 @@ def rerank_pairs_count(*, model: EmbeddingModel, request: RerankRequest) -> list
 def rerank_pairs_score(*, model: EmbeddingModel, pairs: list[PairItem]) -> list[float]:
     """The cross-encoder's score of each pair."""
     backend = model_runtime(model).backend
-    if not isinstance(backend, PairScorer):
+    if not backend.can(Capability.SCORE_PAIRS):
         raise ApiError(
             ErrorCode.SERVICE_UNAVAILABLE, f"The backend of {model.name} cannot score pairs."
         )

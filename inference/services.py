@@ -21,6 +21,7 @@ from inference.backends.base import (
     BackendInputError,
     BackendOverloaded,
     BackendTimeout,
+    Capability,
     EmbedItem,
 )
 from inference.catalog import DEFAULT_MODELS
@@ -120,7 +121,7 @@ def embedding_request_count(*, request: EmbeddingRequest) -> CountedRequest:
     inputs = _with_modalities(request, model)
     prefix = _task_prefix(model, request.task)
     runtime = model_runtime(model)
-    if request.late_chunking and not runtime.backend.supports_token_output:
+    if request.late_chunking and not runtime.backend.can(Capability.HIDDEN_STATES):
         raise ApiError(
             ErrorCode.INPUT_VALIDATION_ERROR,
             f"late_chunking is not available for {model.name}: its backend gives no token-level output.",
@@ -205,7 +206,7 @@ def _check_multivector(
             "embedding_type",
             "return_multivector takes one embedding_type: each token's vector is encoded so.",
         )
-    elif not runtime.backend.supports_token_output:
+    elif not runtime.backend.can(Capability.HIDDEN_STATES):
         problem = (
             "return_multivector",
             f"return_multivector is not available for {model.name}: its backend gives no "

@@ -5,9 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inference.backends.scoring import PairItem
 
 
 @dataclass(frozen=True)
@@ -59,17 +63,25 @@ class BackendInputError(BackendError):
     """The backend refused this input (a worker's 4xx): the client's error, not the backend's."""
 
 
+class Capability(StrEnum):
+    """What a backend can do; the services route by it (and refuse what it cannot)."""
+
+    EMBED = "embed"  # pooled vectors for token ids or texts
+    HIDDEN_STATES = "hidden_states"  # every token's last hidden state: late chunking, multi-vector
+    IMAGES = "images"  # vectors for decoded images
+    SCORE_PAIRS = "score_pairs"  # a cross-encoder's (query, document) scores: rerank
+    WORKERS = "workers"  # serves through remote workers, whose states it reports
+
+
 class EmbeddingBackend(ABC):
-    """Turns token ids into pooled, unnormalised float32 vectors."""
+    """Turns token ids into pooled, unnormalised float32 vectors (or, for a cross-encoder,
+    (query, document) pairs into scores): what it can do is in `capabilities`."""
 
-    # Token-level output (each token's last hidden state), which not every backend can give (a
-    # vLLM worker answers pooled vectors only): late chunking and multi-vector output need it.
-    supports_late_chunking = True
+    capabilities: frozenset[Capability] = frozenset({Capability.EMBED, Capability.HIDDEN_STATES})
 
-    @property
-    def supports_token_output(self) -> bool:
-        """Whether `embed` takes `per_token` and late-chunking items (token-level output)."""
-        return self.supports_late_chunking
+    def can(self, capability: Capability) -> bool:
+        """Whether this backend does `capability`."""
+        return capability in self.capabilities
 
     @abstractmethod
     def load(self) -> None:
@@ -82,6 +94,15 @@ class EmbeddingBackend(ABC):
     @abstractmethod
     def health(self) -> BackendHealth:
         """Whether this backend can serve requests now."""
+
+    def score(self, pairs: Sequence[PairItem]) -> np.ndarray:
+        """One relevance score per pair, in order (backends with SCORE_PAIRS): the sigmoid of
+        the cross-encoder's single logit."""
+        raise BackendError(f"{type(self).__name__} does not score pairs")
+
+    def workers_status(self) -> list[dict[str, Any]]:
+        """Each remote worker's URL, state and load (backends with WORKERS), for operators."""
+        return []
 
     def shed_retry_after(self) -> float | None:
         """Seconds to retry after when the work already queued here passes its bound, so that

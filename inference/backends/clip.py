@@ -9,14 +9,20 @@ from typing import Any
 
 import numpy as np
 
-from inference.backends.base import BackendError, BackendHealth, EmbeddingBackend, EmbedItem
+from inference.backends.base import (
+    BackendError,
+    BackendHealth,
+    Capability,
+    EmbeddingBackend,
+    EmbedItem,
+)
 from inference.backends.cpu import _import_torch, padded_batch
 
 
 class ClipCpuBackend(EmbeddingBackend):
     """A transformers CLIPModel from a local directory (config, weights, preprocessor_config)."""
 
-    supports_late_chunking = False
+    capabilities = frozenset({Capability.EMBED, Capability.IMAGES})
 
     def __init__(self, *, model_dir: Path, num_threads: int = 0, max_batch: int = 32) -> None:
         self.model_dir = model_dir

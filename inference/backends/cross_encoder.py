@@ -18,6 +18,7 @@ from inference.backends.base import (
     BackendError,
     BackendHealth,
     BackendTimeout,
+    Capability,
     EmbeddingBackend,
     EmbedItem,
 )
@@ -52,7 +53,7 @@ def pair_passes(pairs: Sequence[PairItem], max_batch_tokens: int) -> list[list[i
 class CrossEncoderCpuBackend(EmbeddingBackend):
     """Scores pairs with AutoModelForSequenceClassification on the CPU, one pass at a time."""
 
-    supports_late_chunking = False
+    capabilities = frozenset({Capability.SCORE_PAIRS})
 
     def __init__(
         self,

@@ -1,12 +1,8 @@
-"""What a backend that scores (query, document) pairs implements: rerankers' one capability."""
+"""What a backend with the SCORE_PAIRS capability scores: (query, document) pairs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -19,12 +15,3 @@ class PairItem:
     type_ids: list[int]
     query: str
     document: str
-
-
-@runtime_checkable
-class PairScorer(Protocol):
-    """A backend that scores pairs with a cross-encoder (the registry routes rerankers to it)."""
-
-    def score(self, pairs: Sequence[PairItem]) -> np.ndarray:
-        """One relevance score per pair, in order: the sigmoid of the model's single logit."""
-        ...

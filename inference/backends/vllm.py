@@ -39,6 +39,7 @@ from inference.backends.base import (
     BackendInputError,
     BackendOverloaded,
     BackendTimeout,
+    Capability,
     EmbeddingBackend,
     EmbedItem,
 )
@@ -185,9 +186,14 @@ def _call_budget() -> _CallBudget:
 class VllmBackend(EmbeddingBackend):
     """Embeds through the model's registered workers."""
 
-    supports_late_chunking = False
-
-    def __init__(self, *, model_name: str) -> None:
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        capabilities: frozenset[Capability] = frozenset({Capability.EMBED}),
+    ) -> None:
+        # Workers answer pooled vectors (or scores) only: never token-level output.
+        self.capabilities = capabilities | {Capability.WORKERS}
         self.model_name = model_name
         self.pool = WorkerPool(model_name)
         self._client: httpx.Client | None = None
@@ -316,6 +322,8 @@ class VllmBackend(EmbeddingBackend):
         vLLM's scoring API takes text only, so it tokenizes the pairs again: the documents are
         sent as the gateway cut them (what is left after truncation), which it counted.
         """
+        if not self.can(Capability.SCORE_PAIRS):
+            return super().score(pairs)  # an embedding model's workers have no /rerank
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         queries = {pair.query for pair in pairs}
