@@ -19,17 +19,10 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from embeddings_site.api_schema import NON_BLANK_PATTERN
+from embeddings_site.api_schema import NON_BLANK_PATTERN, setting_bound
 from embeddings_site.errors import ErrorCode
 from inference.protocol import ImageInput, StrictBooleanField, StrictCharField, TextInput
 
-# The settings' defaults, as the schema states them (embeddings_site/settings.py).
-MAX_INPUTS = 512
-MAX_LABELS = 512
-MAX_LABEL_GROUPS = 8
-MAX_LABELS_PER_GROUP = 64
-MAX_LABEL_CHARS = 256
-MAX_EXAMPLES = 512
 MAX_ITERS = 100
 DEFAULT_ITERS = 10
 MAX_ID_CHARS = 100
@@ -56,43 +49,49 @@ INPUT_SCHEMA: dict[str, Any] = {
         _TEXT,
         _TEXT_DOC,
         _IMAGE_DOC,
-        {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS, "items": _ITEM},
+        {
+            "type": "array",
+            "minItems": 1,
+            **setting_bound(maxItems="CLASSIFY_MAX_INPUTS"),
+            "items": _ITEM,
+        },
     ],
     "description": (
-        f'What to classify: a text, a TextDoc, an ImageDoc ({{"image": ...}}, on image models) '
-        f"or a list of up to {MAX_INPUTS} of them."
+        'What to classify: a text, a TextDoc, an ImageDoc ({"image": ...}, on image models) '
+        "or a list of up to {CLASSIFY_MAX_INPUTS} of them."
     ),
 }
 _LABEL: dict[str, Any] = {
     "type": "string",
     "pattern": NON_BLANK_PATTERN,
-    "maxLength": MAX_LABEL_CHARS,
+    **setting_bound(maxLength="CLASSIFY_MAX_LABEL_CHARS"),
 }
 LABELS_SCHEMA: dict[str, Any] = {
     "anyOf": [
         {
             "type": "array",
             "minItems": 1,
-            "maxItems": MAX_LABELS,
+            **setting_bound(maxItems="CLASSIFY_MAX_LABELS"),
             "uniqueItems": True,
             "items": _LABEL,
         },
         {
             "type": "object",
             "minProperties": 1,
-            "maxProperties": MAX_LABEL_GROUPS,
+            **setting_bound(maxProperties="CLASSIFY_MAX_LABEL_GROUPS"),
             "additionalProperties": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": MAX_LABELS_PER_GROUP,
+                **setting_bound(maxItems="CLASSIFY_MAX_LABELS_PER_GROUP"),
                 "uniqueItems": True,
                 "items": _LABEL,
             },
         },
     ],
     "description": (
-        f"Candidate labels: a list of up to {MAX_LABELS} distinct labels, or up to "
-        f"{MAX_LABEL_GROUPS} named groups of up to {MAX_LABELS_PER_GROUP} (each group is "
+        "Candidate labels: a list of up to {CLASSIFY_MAX_LABELS} distinct labels, or up to "
+        "{CLASSIFY_MAX_LABEL_GROUPS} named groups of up to {CLASSIFY_MAX_LABELS_PER_GROUP} (each "
+        "group is "
         "scored on its own)."
     ),
 }
@@ -106,10 +105,15 @@ _TRAINING_ITEM: dict[str, Any] = {
 TRAINING_INPUT_SCHEMA: dict[str, Any] = {
     "anyOf": [
         _TRAINING_ITEM,
-        {"type": "array", "minItems": 1, "maxItems": MAX_EXAMPLES, "items": _TRAINING_ITEM},
+        {
+            "type": "array",
+            "minItems": 1,
+            **setting_bound(maxItems="TRAIN_MAX_EXAMPLES"),
+            "items": _TRAINING_ITEM,
+        },
     ],
     "description": (
-        f"Labelled examples, up to {MAX_EXAMPLES}; a new classifier needs two distinct labels."
+        "Labelled examples, up to {TRAIN_MAX_EXAMPLES}; a new classifier needs two distinct labels."
     ),
 }
 _MODEL: dict[str, Any] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, inline_serializer
 from rest_framework import serializers
@@ -38,7 +39,43 @@ NON_BLANK_PATTERN = (
     r"\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ufeff"
     r"\ufff9-\ufffb]"
 )
-MAX_INPUTS = 2048  # settings.EMBEDDINGS_MAX_INPUTS's default; a smaller setting answers 400
+# Bounds that are settings: a schema fragment names its setting, and the postprocessing hook
+# writes the setting's value when the schema is generated, so the published schema refuses
+# exactly what the server refuses (`{SETTING}` in a description is filled in the same way).
+BOUND_BY = "x-bound-by-settings"
+BOUND_SETTINGS = (
+    "EMBEDDINGS_MAX_INPUTS",
+    "CLASSIFY_MAX_INPUTS",
+    "CLASSIFY_MAX_LABELS",
+    "CLASSIFY_MAX_LABEL_GROUPS",
+    "CLASSIFY_MAX_LABELS_PER_GROUP",
+    "CLASSIFY_MAX_LABEL_CHARS",
+    "TRAIN_MAX_EXAMPLES",
+)
+
+
+def setting_bound(**keywords: str) -> dict[str, Any]:
+    """Keywords such as maxItems="EMBEDDINGS_MAX_INPUTS": each gets its setting's value when
+    the schema is generated."""
+    assert set(keywords.values()) <= set(BOUND_SETTINGS), keywords  # noqa: S101 - a typo
+    return {**dict.fromkeys(keywords, 0), BOUND_BY: keywords}
+
+
+def _bind_settings(node: Any) -> None:
+    if isinstance(node, dict):
+        for keyword, setting in node.pop(BOUND_BY, {}).items():
+            node[keyword] = int(getattr(settings, setting))
+        description = node.get("description")
+        if isinstance(description, str) and "{" in description:
+            for name in BOUND_SETTINGS:
+                description = description.replace(f"{{{name}}}", str(getattr(settings, name)))
+            node["description"] = description
+        for value in node.values():
+            _bind_settings(value)
+    elif isinstance(node, list):
+        for value in node:
+            _bind_settings(value)
+
 
 _TEXT: dict[str, Any] = {"type": "string", "pattern": NON_BLANK_PATTERN}
 _TOKEN_IDS: dict[str, Any] = {
@@ -67,14 +104,15 @@ INPUT_SCHEMA: dict[str, Any] = {
         {
             "type": "array",
             "minItems": 1,
-            "maxItems": MAX_INPUTS,
+            **setting_bound(maxItems="EMBEDDINGS_MAX_INPUTS"),
             "items": {"anyOf": [_TEXT, _TEXT_DOC, _IMAGE_DOC, _TOKEN_IDS]},
         },
         _TEXT_DOC,
         _IMAGE_DOC,
     ],
     "description": (
-        'Texts, images ({"image": URL | base64}) or token ids; at most 2048 items. '
+        'Texts, images ({"image": URL | base64}) or token ids; at most {EMBEDDINGS_MAX_INPUTS} '
+        "items. "
         "A text must have a character other than whitespace or control characters."
     ),
 }
@@ -357,7 +395,8 @@ def _drop_doubled_request_suffix(result: dict[str, Any], schemas: dict[str, Any]
 
 def without_trailing_slash(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     """Postprocessing hook: /v1 routes take an optional slash; document them without it. Adds
-    COMPONENT_CONSTRAINTS, and names request components without a doubled "Request"."""
+    COMPONENT_CONSTRAINTS, names request components without a doubled "Request", and writes the
+    bounds that are settings."""
     result["paths"] = {path.rstrip("/"): item for path, item in result.get("paths", {}).items()}
     # A body whose fields are each optional is still required (`{}` at least): drf-spectacular
     # marks it optional, which would make "no body at all" valid.
@@ -367,6 +406,7 @@ def without_trailing_slash(result: dict[str, Any], **kwargs: Any) -> dict[str, A
                 operation["requestBody"]["required"] = True
     schemas = result.get("components", {}).get("schemas", {})
     _drop_doubled_request_suffix(result, schemas)
+    _bind_settings(result)
     for name, constraint in COMPONENT_CONSTRAINTS.items():
         for component in (name, f"{name}Request"):  # drf-spectacular's request components
             if component in schemas:

@@ -5,6 +5,7 @@ loads with nothing refused and nothing from another origin, and leads back to th
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -160,3 +161,29 @@ def test_the_reference_loads_offline_clean_and_leads_back_to_the_site(
         context.close()
     assert not errors, errors
     assert not foreign, foreign
+
+
+def test_bounds_that_are_settings_are_published_as_set(
+    client: Client, settings, api_key, default_model
+) -> None:
+    """A smaller EMBEDDINGS_MAX_INPUTS is what the schema states, so a schema-valid list is
+    never the server's 400."""
+    settings.EMBEDDINGS_MAX_INPUTS = 5
+    text = client.get("/api/schema/?format=json").content.decode()
+    assert "x-bound-by" not in text and "{EMBEDDINGS_MAX_INPUTS}" not in text
+    schemas = json.loads(text)["components"]["schemas"]
+    inputs = schemas["EmbeddingRequest"]["properties"]["input"]
+    (listed,) = [
+        variant
+        for variant in inputs["anyOf"]
+        if variant.get("type") == "array" and "maxItems" in variant
+    ]
+    assert listed["maxItems"] == 5 and "at most 5 items" in inputs["description"]
+    # ... and what the server refuses: one item past the bound is a coded 400.
+    refused = client.post(
+        "/v1/embeddings",
+        data=json.dumps({"input": ["a"] * 6}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key.plaintext}",
+    )
+    assert refused.status_code == 400 and refused.json()["code"] == "INPUT_TOO_MANY_ITEMS"
