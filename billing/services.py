@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
@@ -101,12 +102,10 @@ def user_email_verification_send(*, user: User, verify_url: str) -> None:
     )
 
 
-@transaction.atomic
-def user_email_verify(*, token: str) -> EmailVerification:
-    """Mark the token's user verified and grant the trial to their first key, exactly once."""
+def _verification_claim(token: str) -> dict[str, Any]:
     signer = TimestampSigner(salt=_EMAIL_VERIFICATION_SALT)
     try:
-        claim = signer.unsign_object(token, max_age=EMAIL_VERIFICATION_MAX_AGE)
+        claim: dict[str, Any] = signer.unsign_object(token, max_age=EMAIL_VERIFICATION_MAX_AGE)
     except SignatureExpired as exc:
         raise EmailVerificationError(
             "This verification link has expired. Log in and ask for a new one.", expired=True
@@ -116,18 +115,47 @@ def user_email_verify(*, token: str) -> EmailVerification:
             "This verification link is not valid. Copy the whole link from the e-mail, "
             "or log in and ask for a new one."
         ) from exc
-    # The user row lock makes a link followed twice at once verify (and grant) only once.
-    user = User.objects.select_for_update().filter(pk=claim.get("user")).first()
+    return claim
+
+
+def _verification_user(claim: dict[str, Any], *, lock: bool) -> User:
+    users = User.objects.select_for_update() if lock else User.objects.all()
+    user = users.filter(pk=int(claim.get("user") or 0)).first()
     if user is None or user.email != claim.get("email"):
         raise EmailVerificationError(
             "This verification link is for an address this account no longer has."
         )
+    return user
+
+
+def user_email_verification_user(*, token: str) -> User:
+    """The user a verification link is for (EmailVerificationError when it is not valid);
+    nothing is changed."""
+    return _verification_user(_verification_claim(token), lock=False)
+
+
+@transaction.atomic
+def user_email_verify(*, token: str, new_password: str | None = None) -> EmailVerification:
+    """Mark the token's user verified and grant the trial to their first key, exactly once.
+
+    With `new_password` (the link was followed somewhere other than the browser that signed
+    up), the one who holds the mailbox sets the account's password first. Whoever chose the
+    sign-up password may not be them (someone can sign up with another's address before its
+    owner does), so what that password made is not trusted: its sessions end (a new password
+    changes the session hash) and its keys are revoked.
+    """
+    # The user row lock makes a link followed twice at once verify (and grant) only once.
+    user = _verification_user(_verification_claim(token), lock=True)
     newly_verified = user.email_verified_at is None
     trial_key = None
     if newly_verified:
+        if new_password is not None:
+            user.set_password(new_password)
+            for api_key in ApiKey.objects.filter(user=user, revoked_at__isnull=True):
+                api_key_revoke(api_key=api_key)
         user.email_verified_at = timezone.now()
-        user.save(update_fields=["email_verified_at"])
-        first_key = ApiKey.objects.filter(user=user).order_by("pk").first()
+        user.save(update_fields=["email_verified_at", "password"])
+        first_key = ApiKey.objects.filter(user=user, revoked_at__isnull=True).order_by("pk").first()
         if first_key is not None:
             trial_key = _trial_grant(user=user, api_key=first_key)
     return EmailVerification(user=user, newly_verified=newly_verified, trial_key=trial_key)
@@ -220,7 +248,8 @@ def api_key_create(
     if tokens is None:
         # Locked so a verification at the same moment sees this key or grants before it exists.
         user = User.objects.select_for_update().get(pk=user.pk)
-    first_key = not ApiKey.objects.filter(user=user).exists()
+    # (Revoked keys do not count: a verification that reset the password revoked them all.)
+    first_key = not ApiKey.objects.filter(user=user, revoked_at__isnull=True).exists()
     plaintext = key_generate()
     api_key = ApiKey.objects.create(
         user=user,

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.forms import SetPasswordForm
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
@@ -40,6 +41,7 @@ from billing.services import (
     api_key_tokens_move,
     user_email_verification_send,
     user_email_verification_token,
+    user_email_verification_user,
     user_email_verify,
     user_sign_up,
     user_sign_up_repeated_send,
@@ -244,11 +246,46 @@ def _send_verification(request: HttpRequest, user: User) -> None:
     user_email_verification_send(user=user, verify_url=url)
 
 
-@require_GET
+@require_http_methods(["GET", "POST"])
+@posts_limited_per_ip("IP_RATE_LIMIT_FORMS")
 def verify_email(request: HttpRequest, token: str) -> HttpResponse:
-    """Follow the mailed link: the address is verified and the first key gets the trial."""
+    """Follow the mailed link: the address is verified and the first key gets the trial.
+
+    Someone may have signed up with this address before its owner did, so a first verification
+    from any browser but the one that signed up (or one signed in to the account) asks the
+    mailbox's holder for a new password, which ends what the sign-up password made (sessions,
+    keys). A GET changes nothing there, so a mail scanner following the link verifies nothing.
+    """
     try:
-        verification = user_email_verify(token=token)
+        user = user_email_verification_user(token=token)
+        signing_up_browser = request.session.get(_SIGNUP_EMAIL) == user.email or (
+            request.user.is_authenticated and request.user.pk == user.pk
+        )
+        if user.email_verified_at is None and not signing_up_browser:
+            form = SetPasswordForm(user, request.POST or None)
+            if request.method != "POST" or not form.is_valid():
+                return render(
+                    request, "registration/verify_email_password.html", {"form": form, "user": user}
+                )
+            verification = user_email_verify(
+                token=token, new_password=form.cleaned_data["new_password1"]
+            )
+            if user.is_active:
+                login(
+                    request, verification.user, backend="django.contrib.auth.backends.ModelBackend"
+                )
+        else:
+            verification = user_email_verify(token=token)
+            # The browser that signed up is signed in by its own link, once: when it verifies.
+            if (
+                verification.newly_verified
+                and not request.user.is_authenticated
+                and request.session.get(_SIGNUP_EMAIL) == user.email
+                and user.is_active
+            ):
+                login(
+                    request, verification.user, backend="django.contrib.auth.backends.ModelBackend"
+                )
     except EmailVerificationError as exc:
         return render(
             request,
@@ -256,15 +293,6 @@ def verify_email(request: HttpRequest, token: str) -> HttpResponse:
             {"reason": exc.message, "expired": exc.expired},
             status=400,
         )
-    # The browser that signed up is signed in by its own link, once: the first time it verifies.
-    user = verification.user
-    if (
-        verification.newly_verified
-        and not request.user.is_authenticated
-        and request.session.get(_SIGNUP_EMAIL) == user.email
-        and user.is_active
-    ):
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     request.session.pop(_SIGNUP_EMAIL, None)
     return render(
         request,

@@ -57,8 +57,8 @@ def test_the_trial_arrives_when_the_mailed_link_is_followed_and_only_once(settin
     assert mail.outbox[-1].subject == "Verify your e-mail address"
 
     link = link_in_mail_to("ada@example.com")
-    # The link works from any browser, signed in or not.
-    page = Client().get(link)
+    # Followed in the browser that signed up (and is signed in): verified at once.
+    page = client.get(link)
     assert page.status_code == 200
     assert "10,000,000 free trial tokens were added" in page.content.decode()
     key.refresh_from_db()
@@ -135,8 +135,16 @@ def test_fifty_sign_ups_from_one_address_get_no_tokens_until_verified(settings: 
     assert not LedgerEntry.objects.filter(kind=LedgerEntry.Kind.TRIAL_GRANT).exists()
     assert len(mail.outbox) == 50
 
-    # Only a followed link (one mailbox) turns into tokens.
-    Client().get(link_in_mail_to(emails[7]))
+    # Only a followed link (one mailbox) turns into tokens: in a browser of its own, the
+    # mailbox's holder sets the password, and the keys made before it are revoked, so the
+    # trial waits for the next key.
+    owner = Client()
+    link = link_in_mail_to(emails[7])
+    owner.post(
+        link, {"new_password1": "owner's own phrase 7", "new_password2": "owner's own phrase 7"}
+    )
+    assert trial_tokens_of(emails[7]) == 0
+    assert owner.post("/dashboard/keys", {"name": "mine"}).status_code == 201
     assert sum(key.balance for key in farmed.all()) == 10_000_000
     assert trial_tokens_of(emails[7]) == 10_000_000
 
@@ -175,3 +183,41 @@ def test_with_trials_off_verification_grants_nothing_and_no_banner_shows(setting
     assert page.status_code == 200 and "is verified" in page.content.decode()
     assert ApiKey.objects.get(user__email="fay@example.com").balance == 0
     assert trial_tokens_of("fay@example.com") == 0
+
+
+def test_an_address_squatted_before_its_owner_signs_up_goes_to_the_mailbox_holder(
+    settings: Any,
+) -> None:
+    """Pre-account takeover: someone signs up with another's address, stays signed in and makes
+    a key. The owner follows the mailed link in their own browser: they choose the password,
+    the squatter's session and key stop working, and the trial goes to the owner's key."""
+    settings.TRIAL_TOKENS = 10_000_000
+    squatter = sign_up("victim@example.com", address="198.51.100.66")
+    assert squatter.post("/dashboard/keys", {"name": "squatted"}).status_code == 201
+    squatted_key = ApiKey.objects.get(user__email="victim@example.com")
+
+    owner = Client(REMOTE_ADDR="203.0.113.7")
+    link = link_in_mail_to("victim@example.com")
+    form = owner.get(link)
+    assert form.status_code == 200 and "Choose your password" in form.content.decode()
+    user = User.objects.get(email="victim@example.com")
+    assert user.email_verified_at is None  # a GET (a mail scanner, too) changes nothing
+
+    weak = owner.post(link, {"new_password1": "short", "new_password2": "short"})
+    assert weak.status_code == 200 and "too short" in weak.content.decode()
+    chosen = "the mailbox holder's own phrase"
+    done = owner.post(link, {"new_password1": chosen, "new_password2": chosen})
+    assert done.status_code == 200 and "is verified" in done.content.decode()
+
+    user.refresh_from_db()
+    assert user.email_verified_at is not None and user.check_password(chosen)
+    assert not user.check_password(PASSWORD)
+    assert squatter.get("/dashboard/").status_code == 302  # signed out: the password changed
+    squatted_key.refresh_from_db()
+    assert squatted_key.revoked_at is not None and squatted_key.balance == 0
+    assert owner.get("/dashboard/").status_code == 200  # the owner is signed in
+    assert owner.post("/dashboard/keys", {"name": "mine"}).status_code == 201
+    assert ApiKey.objects.get(name="mine").balance == 10_000_000
+    # The link is spent: following it again changes nothing.
+    again = Client().get(link)
+    assert "already verified" in again.content.decode()

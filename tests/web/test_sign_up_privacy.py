@@ -60,13 +60,17 @@ def test_sign_up_signs_nobody_in_and_the_link_signs_in_only_the_browser_that_sig
     link = re.search(r"https?://[^/\s]+(/accounts/verify/\S+/)", message.body)
     assert link is not None
 
-    # Followed elsewhere first (a mail scanner, another device): verified, but nobody signed in.
+    # Opened elsewhere first (a mail scanner, another device): a form asks for a password, and
+    # nothing is verified and nobody signed in until it is posted.
     elsewhere = Client()
-    assert elsewhere.get(link.group(1)).status_code == 200
+    assert "Choose your password" in elsewhere.get(link.group(1)).content.decode()
     assert elsewhere.get("/dashboard/").status_code == 302
-    # Then the signing-up browser: already verified, so it is not signed in by the link either.
-    browser.get(link.group(1))
-    assert browser.get("/dashboard/").status_code == 302
+    # Then the signing-up browser: verified, and signed in by its own link.
+    assert "is verified" in browser.get(link.group(1)).content.decode()
+    assert browser.get("/dashboard/").status_code == 200
+    # Once verified, the link signs in nobody else.
+    assert "already verified" in elsewhere.get(link.group(1)).content.decode()
+    assert elsewhere.get("/dashboard/").status_code == 302
 
     second = Client(REMOTE_ADDR="198.51.100.4")
     sign_up(second, "bea@example.com")
