@@ -352,9 +352,10 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
 
-# --- Celery: Redis broker when configured; the embedded default runs tasks in-process -------
+# --- Celery: Redis broker when configured ---------------------------------------------------
+# Without a broker nothing is sent to Celery: background tasks run on thread pools of the
+# gateway (embeddings_site.background; batch jobs on BATCH_LOCAL_WORKERS threads).
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=sorted(TRANSPORT_ALIASES))
-CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
