@@ -6,14 +6,13 @@ Every variable has an embedded default (SQLite, in-process cache, the CPU model)
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import dj_database_url
 from kombu.transport import TRANSPORT_ALIASES
 
 from embeddings_site import setting_shapes
+from embeddings_site.data_dir import embedded_secret_key
 from embeddings_site.env import (
     SettingError,
     env_bool,
@@ -32,41 +31,26 @@ from embeddings_site.env import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# Models load from local directories only; nothing may reach for a model hub at run time.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
 # `production` refuses to start without real secrets; `development` is the embedded default.
 ENVIRONMENT = env_choice("DJANGO_ENV", "development", ("development", "production"))
 PRODUCTION = ENVIRONMENT == "production"
 
+# Made at start-up (embeddings_site.apps), not here: importing the settings writes nothing.
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "var")))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-
-def _secret_key() -> str:
-    key = env_str("DJANGO_SECRET_KEY")
-    if key:
-        return key
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
     if PRODUCTION:
         raise SettingError("DJANGO_SECRET_KEY must be set when DJANGO_ENV=production")
-    # The embedded default keeps one random key per data directory, so sessions survive restarts.
-    key_file = DATA_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
-
-
-SECRET_KEY = _secret_key()
+    SECRET_KEY = embedded_secret_key(DATA_DIR)
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
 # Not "testserver": Django's test runner (and pytest-django) adds it for the tests alone.
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    # First: its ready() makes DATA_DIR before any other app may touch the database.
+    "embeddings_site",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -216,9 +200,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# Made at start-up with DATA_DIR. The site's own files are the embeddings_site app's static/.
 STATIC_ROOT = DATA_DIR / "static"
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
-STATICFILES_DIRS = [BASE_DIR / "embeddings_site" / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     # Hashed names (a manifest from collectstatic) in production; plain files otherwise.

@@ -1,8 +1,10 @@
 """The settings at start-up: a value that does not parse stops manage.py, gunicorn and Celery
-with a message naming the variable."""
+with a message naming the variable; importing the settings writes nothing and leaves the
+environment alone."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,6 +101,7 @@ def test_a_value_that_does_not_parse_stops_manage_py_with_one_line_naming_it(
     result = run(tmp_path / "data", "manage.py", "check", **{variable: value})
     assert result.returncode == 1
     assert result.stderr.splitlines() == [f"Configuration error: {message}"]
+    assert not (tmp_path / "data").exists()
 
 
 def test_an_unknown_database_url_scheme_names_it_and_never_the_password(tmp_path: Path) -> None:
@@ -148,3 +151,54 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path) -> Non
     assert result.stderr.splitlines() == [
         "Configuration error: DJANGO_SECRET_KEY must be set when DJANGO_ENV=production"
     ]
+
+
+IMPORT_SETTINGS = """
+import json, os
+before = dict(os.environ)
+import embeddings_site.settings
+print(json.dumps(sorted(k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k))))
+"""
+
+
+def test_importing_the_settings_writes_nothing_and_leaves_the_environment_alone(
+    tmp_path: Path,
+) -> None:
+    result = run(tmp_path / "missing" / "data", "-c", IMPORT_SETTINGS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+SIGN = "from django.core import signing; print(signing.dumps('session'))"
+
+
+def test_the_site_makes_its_data_directory_at_start_up_and_keeps_one_secret_key(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "missing" / "data"
+    check = run(data, "manage.py", "check")
+    assert check.returncode == 0, check.stderr
+    assert sorted(path.name for path in data.iterdir()) == ["static"]
+
+    signed = run(data, "manage.py", "shell", "-c", SIGN)
+    assert signed.returncode == 0, signed.stderr
+    value = signed.stdout.splitlines()[-1]
+    # A restart keeps the key: what the first process signed (a session) still verifies.
+    verify = f"from django.core import signing; print(signing.loads({value!r}))"
+    verified = run(data, "manage.py", "shell", "-c", verify)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.splitlines()[-1] == "session"
+    key_file = data / "secret_key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert sorted(path.name for path in data.iterdir()) == ["secret_key", "static"]
+
+
+def test_models_load_with_the_hub_offline(tmp_path: Path) -> None:
+    script = (
+        "import django; django.setup(); import huggingface_hub.constants as hub; "
+        "print(hub.HF_HUB_OFFLINE)"
+    )
+    result = run(tmp_path / "data", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]
