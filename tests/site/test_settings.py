@@ -1,20 +1,32 @@
 """The settings at start-up: a value that does not parse stops manage.py, gunicorn and Celery
 with a message naming the variable; importing the settings writes nothing and leaves the
-environment alone."""
+environment alone; `.env.example` lists exactly what they read, with their defaults."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from embeddings_site.env import READ
+from embeddings_site.env import READ, RETIRED
 
 ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = ROOT / "embeddings_site" / "settings.py"
+ENV_EXAMPLE = ROOT / ".env.example"
+# Lines of .env.example for variables something other than the settings reads, and where.
+READ_ELSEWHERE = {
+    "HOST": "Makefile",
+    "PORT": "Makefile",
+    "WORKERS": "Makefile",
+    "THREADS": "Makefile",
+    "PROMETHEUS_MULTIPROC_DIR": "embeddings_site/metrics.py",
+}
 
 
 def environment(data_dir: Path, **values: str) -> dict[str, str]:
@@ -202,3 +214,44 @@ def test_models_load_with_the_hub_offline(tmp_path: Path) -> None:
     result = run(tmp_path / "data", "-c", script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True"]
+
+
+def example_values() -> dict[str, str]:
+    names = re.findall(r"^#? ?([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    values = dict(names)
+    assert len(values) == len(names), "a variable appears twice in .env.example"
+    return values
+
+
+def test_env_example_lists_exactly_what_the_settings_read_with_their_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in list(READ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    runpy.run_path(str(SETTINGS))
+    # Production reads its HTTPS settings too.
+    monkeypatch.setenv("DJANGO_ENV", "production")
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "x" * 50)
+    runpy.run_path(str(SETTINGS))
+    monkeypatch.delenv("DJANGO_ENV")
+    monkeypatch.delenv("DJANGO_SECRET_KEY")
+    runpy.run_path(str(SETTINGS))  # the defaults that follow other variables, as they are
+
+    example = example_values()
+    assert sorted(set(READ) - set(example)) == [], "read by the settings, missing in .env.example"
+    assert sorted(set(example) - set(READ) - set(READ_ELSEWHERE)) == [], (
+        "in .env.example, read by nothing"
+    )
+    assert sorted(set(example) & RETIRED) == []
+    for name, where in READ_ELSEWHERE.items():
+        assert name in (ROOT / where).read_text(), f"{name} is no longer read by {where}"
+
+    for name, value in example.items():
+        variable = READ.get(name)
+        if variable is None or variable.kind in ("str", "list", "url", "json"):
+            continue  # an example value may be more telling than an empty default
+        if variable.kind in ("int", "float"):
+            assert float(value) == float(variable.default), name
+        else:  # bool, choice, rate
+            assert value == variable.default, name
