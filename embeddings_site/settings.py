@@ -1,7 +1,9 @@
 """Settings for the embeddings platform, read from the environment in this one place.
 
 Every variable has an embedded default (SQLite, in-process cache, the CPU model) so that
-`make run` works on a laptop; production secrets have none. See `.env.example`.
+`make run` works on a laptop; production secrets have none. See `.env.example`. Each is read
+with a typed reader of embeddings_site.env: a value that does not parse stops start-up with an
+error naming it. Importing this module writes nothing (embeddings_site.apps makes DATA_DIR).
 """
 
 from __future__ import annotations
