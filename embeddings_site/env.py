@@ -170,12 +170,14 @@ def env_url(name: str, default: str = "", *, schemes: Collection[str]) -> str:
     raw = _raw(name, "url", default)
     if not raw:
         return default
+    known = list(dict.fromkeys(scheme.lower() for scheme in schemes))
     scheme = urlsplit(raw).scheme.lower() if "://" in raw else ""
-    if scheme not in schemes:
+    if scheme not in known:
         shown = f"scheme {scheme!r}" if scheme else "no scheme"
-        raise SettingError(
-            f"{name}: the URL has {shown}; expected {' or '.join(f'{s}://' for s in schemes)}"
-        )
+        expected = " or ".join(f"{s}://" for s in known)
+        if len(known) > 3:
+            expected = f"one of {', '.join(sorted(known))}"
+        raise SettingError(f"{name}: the URL has {shown}; expected {expected}")
     return raw
 
 

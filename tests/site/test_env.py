@@ -126,6 +126,13 @@ def test_urls_name_the_scheme_never_the_password(setenv: SetEnv) -> None:
     assert "hunter2" not in message
     setenv("cache:6379")
     assert refusal(env_url, schemes=schemes).startswith(f"{NAME}: the URL has no scheme")
+    # Celery's transports: many, some spelled in capitals.
+    setenv("rabbit://broker")
+    assert refusal(env_url, schemes=("redis", "SQS", "sqs", "amqp", "memory")) == (
+        f"{NAME}: the URL has scheme 'rabbit'; expected one of amqp, memory, redis, sqs"
+    )
+    setenv("SQS://queue")
+    assert env_url(NAME, schemes=("redis", "SQS", "amqp", "memory")) == "SQS://queue"
 
 
 def test_networks(setenv: SetEnv) -> None:
