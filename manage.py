@@ -9,7 +9,14 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "embeddings_site.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from embeddings_site.env import SettingError
+
+    try:
+        execute_from_command_line(sys.argv)
+    except SettingError as exc:
+        # A variable of the environment that does not parse: one line naming it, not a
+        # traceback through Django's start-up.
+        sys.exit(f"Configuration error: {exc}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The Celery app. With no CELERY_BROKER_URL / REDIS_URL, tasks run eagerly in-process."""
+"""The Celery app, used only when CELERY_BROKER_URL (or REDIS_URL) names a broker. Without one
+nothing is sent to Celery: background tasks run on thread pools of the gateway process
+(embeddings_site.background; batch jobs on BATCH_LOCAL_WORKERS threads), and the periodic jobs
+on its threads instead of beat."""
 
 import os
 
