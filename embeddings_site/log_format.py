@@ -59,4 +59,8 @@ def formatter(log_format: str | None = None) -> logging.Formatter:
         from django.conf import settings
 
         log_format = settings.LOG_FORMAT
-    return JsonLineFormatter() if log_format == "json" else ContextTextFormatter()
+    if log_format != "json":
+        return ContextTextFormatter()
+    # Python's warnings go through logging too (py.warnings), so stderr holds JSON lines only.
+    logging.captureWarnings(True)
+    return JsonLineFormatter()
