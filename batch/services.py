@@ -32,6 +32,7 @@ from batch.selectors import (
 from billing.models import ApiKey
 from embeddings_site.background import task_enqueue_named
 from embeddings_site.errors import ApiError, ErrorCode
+from embeddings_site.log_context import log_context_update
 from inference.image_fetch import ImageFetchError, check_public_url
 from inference.models import EmbeddingModel
 from inference.services import embedding_model_resolve
@@ -226,6 +227,8 @@ def _job_create(*, api_key: ApiKey, fmt: str, model: EmbeddingModel, **fields: A
         enqueued_at=now,
         **fields,
     )
+    # The creating request's records (and the task it sends) carry the job's id from here on.
+    log_context_update(batch_id=job.id, model=model.name)
     _enqueue_on_commit("batch_job_run", job.id)
     return job
 
