@@ -173,6 +173,8 @@ class _Runner:
 
     def run(self) -> None:
         job = BatchJob.objects.select_related("api_key", "input_file").get(pk=self.job_id)
+        # A resumed run (sent by the maintenance task) names the creating request too.
+        log_context_update(request_id=job.request_id or None, key_prefix=job.api_key.prefix)
         if job.runs > settings.BATCH_MAX_RUNS:
             self._give_up(job)
             return

@@ -32,7 +32,7 @@ from batch.selectors import (
 from billing.models import ApiKey
 from embeddings_site.background import task_enqueue_named
 from embeddings_site.errors import ApiError, ErrorCode
-from embeddings_site.log_context import log_context_update
+from embeddings_site.log_context import current_request_id, log_context_update
 from inference.image_fetch import ImageFetchError, check_public_url
 from inference.models import EmbeddingModel
 from inference.services import embedding_model_resolve
@@ -225,6 +225,7 @@ def _job_create(*, api_key: ApiKey, fmt: str, model: EmbeddingModel, **fields: A
         model=model.name,
         expires_at=now + timedelta(seconds=settings.BATCH_EXPIRES_AFTER_SECONDS),
         enqueued_at=now,
+        request_id=current_request_id()[:64],
         **fields,
     )
     # The creating request's records (and the task it sends) carry the job's id from here on.

@@ -1,20 +1,24 @@
-"""A batch job's records on a real Celery worker (Redis broker, LOG_FORMAT=json): every record
+"""A batch job's records: on a real Celery worker (Redis broker, LOG_FORMAT=json) every record
 its task writes carries the job's id and the id of the request that created it, in JSON lines
-(the worker logs through LOGGING, not Celery's own text format)."""
+(the worker logs through LOGGING, not Celery's own text format); a run resumed by the
+maintenance task, which no request sent, names the creating request as well."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from batch.processing import batch_job_process
+from embeddings_site.log_context import LogContextFilter, log_scope
+from tests.batch.conftest import inline_lines
 from tests.batch.test_batch_e2e import FINAL, Client, make_lines
 from tests.infra import CeleryWorker, Gateway, create_key
-
-pytestmark = pytest.mark.e2e
 
 BATCH_TASK = "batch.tasks.batch_job_run"
 
@@ -23,6 +27,7 @@ def json_records(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
 
 
+@pytest.mark.e2e
 def test_every_record_of_a_batch_task_carries_the_job_and_the_request_that_created_it(
     gateways: list[Gateway], redis_server, postgres_url, tmp_path: Path
 ) -> None:
@@ -75,3 +80,53 @@ def test_every_record_of_a_batch_task_carries_the_job_and_the_request_that_creat
     ]
     assert summary["batch_id"] == job_id and summary["status"] == 200
     assert key not in worker.log.read_text() and key not in gateway.log.read_text()
+
+
+class Recorded(logging.Handler):
+    """The records of one logger, with the log fields a handler's filter puts on them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(LogContextFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def processing_records() -> Iterator[list[logging.LogRecord]]:
+    handler = Recorded()
+    log = logging.getLogger("batch.processing")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    yield handler.records
+    log.removeHandler(handler)
+    log.setLevel(level)
+
+
+def test_a_resumed_run_names_the_request_that_created_the_job(
+    client, api_key, default_model, settings, processing_records
+) -> None:
+    settings.BATCH_CHUNK_TOKENS = 12  # several chunks
+    response = client.post(
+        "/v1/batch/embeddings",
+        data=json.dumps({"input": inline_lines(["one two three", "four five six"] * 3)}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {api_key.plaintext}",
+        HTTP_X_REQUEST_ID="created-the-job",
+    )
+    assert response.status_code == 200, response.content
+    job_id = response.json()["batch_id"]
+
+    # As the maintenance task runs it: under a task's scope that no request sent.
+    with log_scope(task_name="batch.tasks.batch_job_run"):
+        batch_job_process(job_id=job_id)
+
+    chunks = [r for r in processing_records if "chunk" in r.getMessage()]
+    assert len(chunks) >= 2
+    for record in processing_records:
+        assert record.request_id == "created-the-job"  # type: ignore[attr-defined]
+        assert record.batch_id == job_id  # type: ignore[attr-defined]
+        assert record.key_prefix == api_key.prefix  # type: ignore[attr-defined]
