@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -86,21 +86,35 @@ def _record_error(current: Span, exc: BaseException) -> None:
     current.set_status(Status(StatusCode.ERROR, label))
 
 
-@contextmanager
+# What span() gives while tracing is off: entering it costs next to nothing.
+NO_SPAN: AbstractContextManager[None] = nullcontext(None)
+
+
 def span(
     name: str,
     *,
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Mapping[str, Any] | None = None,
     carrier: Mapping[str, str] | None = None,
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A span around a block, the current span's child (or, given a `carrier` of W3C headers,
     the child of the span that sent them). An exception leaving the block marks it an error
     with its code (an ApiError's) and goes on. Yields None while tracing is off."""
     tracer = _tracer
     if tracer is None:
-        yield None
-        return
+        return NO_SPAN
+    return _recorded_span(tracer, name, kind=kind, attributes=attributes, carrier=carrier)
+
+
+@contextmanager
+def _recorded_span(
+    tracer: trace.Tracer,
+    name: str,
+    *,
+    kind: SpanKind,
+    attributes: Mapping[str, Any] | None,
+    carrier: Mapping[str, str] | None,
+) -> Iterator[Span]:
     parent: Context | None = propagate.extract(carrier) if carrier else None
     with tracer.start_as_current_span(
         name,

@@ -30,8 +30,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -44,7 +44,7 @@ from embeddings_site.deadlines import Deadline, deadline_scope
 from embeddings_site.errors import ApiError, ErrorCode, database_unavailable
 from embeddings_site.log_context import log_context_update
 from embeddings_site.metrics import request_observe
-from embeddings_site.tracing import span, span_set, tracing_enabled
+from embeddings_site.tracing import NO_SPAN, span, span_set, tracing_enabled
 from metering.authentication import api_key_model_check
 from metering.hooks import after_debit_run
 from metering.ledger import (
@@ -461,21 +461,18 @@ def _drop_broken_connection() -> None:
     close_old_connections()
 
 
-@contextmanager
-def lifecycle_step(work: MeteredWork[Any], name: str) -> Iterator[Any]:
+def lifecycle_step(work: MeteredWork[Any], name: str) -> AbstractContextManager[Any]:
     """A span for one step of the lifecycle, with the request's id, key prefix and model
     (nothing at all while tracing is off)."""
     if not tracing_enabled():
-        yield None
-        return
+        return NO_SPAN
     attributes = {
         "embeddings.request_id": work.request_id,
         "embeddings.key_prefix": work.api_key.prefix,
         "embeddings.endpoint": work.endpoint,
         "embeddings.model": work.model,
     }
-    with span(name, attributes=attributes) as current:
-        yield current
+    return span(name, attributes=attributes)
 
 
 def _count(work: MeteredWork[Any], operation: MeteredOperation[Any]) -> Cost:
