@@ -42,6 +42,7 @@ def test_a_periodic_job_started_during_a_request_logs_under_no_request() -> None
     assert seen == [{}]
 
 
+@pytest.mark.django_db  # a pool thread closes its database connection after each task
 def test_local_tasks_carry_their_senders_request_and_nothing_of_earlier_tasks(settings) -> None:
     settings.CELERY_BROKER_URL = ""
     seen: list[dict[str, Any]] = []
