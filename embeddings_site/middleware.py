@@ -58,11 +58,14 @@ class RequestIdMiddleware:
         request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else secrets.token_hex(8)
         request.request_id = request_id  # type: ignore[attr-defined]
         # Every record of this request carries its id (embeddings_site.log_context); the
-        # views add the key prefix, endpoint and model as they learn them.
+        # views add the key prefix, endpoint and model as they learn them. A page's path is
+        # left out of records and spans: some hold one-time tokens (password reset, e-mail
+        # verification links); its span is named by its URL pattern instead.
+        api = request.path.startswith(tuple(settings.API_PATH_PREFIXES))
         with (
-            log_scope(request_id=request_id, path=request.path) as fields,
+            log_scope(request_id=request_id, path=request.path if api else None) as fields,
             span(
-                f"{request.method} {request.path}",
+                f"{request.method} {request.path}" if api else str(request.method),
                 kind=SpanKind.SERVER,
                 carrier=_trace_headers(request) if tracing_enabled() else None,
             ) as server_span,
@@ -72,7 +75,9 @@ class RequestIdMiddleware:
             fields["status"] = response.status_code
             fields["latency_ms"] = round((deadlines.clock() - arrived) * 1000, 3)
             if server_span is not None:
-                span_set_raw(server_span, _span_attributes(request, response.status_code))
+                span_set_raw(server_span, _span_attributes(request, response.status_code, api))
+                if not api and request.resolver_match is not None:
+                    server_span.update_name(f"{request.method} /{request.resolver_match.route}")
                 if response.status_code >= 500:
                     span_failed(server_span, str(fields.get("code") or response.status_code))
             if settings.LOG_REQUESTS and request.path.startswith(_SUMMARY_PREFIXES):
@@ -90,13 +95,16 @@ def _trace_headers(request: HttpRequest) -> dict[str, str]:
     return carrier
 
 
-def _span_attributes(request: HttpRequest, status: int) -> dict[str, Any]:
+def _span_attributes(request: HttpRequest, status: int, api: bool) -> dict[str, Any]:
     fields = log_context()
     attributes: dict[str, Any] = {
         "http.request.method": request.method,
-        "url.path": request.path,
         "http.response.status_code": status,
     }
+    if api:
+        attributes["url.path"] = request.path
+    elif request.resolver_match is not None:
+        attributes["http.route"] = f"/{request.resolver_match.route}"
     for name in ("request_id", "key_prefix", "endpoint", "model", "tokens", "code"):
         if fields.get(name) not in (None, ""):
             attributes[f"embeddings.{name}"] = fields[name]

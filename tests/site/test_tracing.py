@@ -142,3 +142,15 @@ def test_without_a_provider_nothing_is_recorded_and_no_trace_id_is_logged() -> N
         LogContextFilter().filter(record)
     assert current is None
     assert not hasattr(record, "trace_id")
+
+
+@pytest.mark.django_db
+def test_a_pages_span_is_named_by_its_route_not_its_path(client, spans) -> None:
+    """A password reset link's path holds a one-time token: it is in no span."""
+    client.get("/accounts/reset/MQ/secret-reset-token/")
+
+    [page] = spans.get_finished_spans()
+    assert page.name == "GET /accounts/reset/<uidb64>/<token>/"
+    assert page.attributes["http.route"] == "/accounts/reset/<uidb64>/<token>/"
+    values = [page.name, *(str(v) for v in (page.attributes or {}).values())]
+    assert not any("secret-reset-token" in value for value in values)
