@@ -10,8 +10,10 @@ def main() -> None:
     from django.core.management import execute_from_command_line
 
     from embeddings_site.env import SettingError
+    from embeddings_site.tracing import tracing_start
 
     try:
+        tracing_start(role="manage")  # when OTLP is configured (runserver, commands)
         execute_from_command_line(sys.argv)
     except SettingError as exc:
         # A variable of the environment that does not parse: one line naming it, not a

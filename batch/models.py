@@ -78,6 +78,9 @@ class BatchJob(models.Model):
     endpoint = models.CharField(max_length=50, default="/v1/embeddings")
     completion_window = models.CharField(max_length=10, default="24h")
     metadata = models.JSONField(null=True, blank=True)
+    # The id of the request that created the job: every record of its runs carries it, a run
+    # resumed after a runner died included (README, "Logs and traces").
+    request_id = models.CharField(max_length=64, blank=True, default="")
 
     status = models.CharField(
         max_length=12, choices=Status.choices, default=Status.PENDING, db_index=True

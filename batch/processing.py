@@ -34,6 +34,8 @@ from batch.services import (
 from billing.models import ApiKey
 from embeddings_site.errors import ApiError, ErrorCode, api_error_from_exception, error_body
 from embeddings_site.json import dumps
+from embeddings_site.log_context import log_context_update
+from embeddings_site.tracing import span, span_set
 from inference.backends.base import EmbedItem
 from inference.protocol import EmbeddingRequest, EmbeddingRequestSerializer
 from inference.services import (
@@ -171,6 +173,8 @@ class _Runner:
 
     def run(self) -> None:
         job = BatchJob.objects.select_related("api_key", "input_file").get(pk=self.job_id)
+        # A resumed run (sent by the maintenance task) names the creating request too.
+        log_context_update(request_id=job.request_id or None, key_prefix=job.api_key.prefix)
         if job.runs > settings.BATCH_MAX_RUNS:
             self._give_up(job)
             return
@@ -189,12 +193,32 @@ class _Runner:
                 self._fail_unpaid(job, lines, chunk)
                 return
             batch_job_lease_renew(job_id=job.id, token=self.token)
-            result = self._compute(job, chunk)
-            try:
-                outcome = batch_chunk_commit(job_id=job.id, token=self.token, result=result)
-            except InsufficientBalance:
-                self._fail_unpaid(job, lines, chunk)
-                return
+            with span(
+                "batch.chunk",
+                attributes={
+                    "embeddings.batch_id": job.id,
+                    "embeddings.model": job.model,
+                    "embeddings.chunk": job.next_chunk,
+                    "embeddings.first_line": job.next_line,
+                    "embeddings.lines": len(chunk),
+                },
+            ) as current:
+                result = self._compute(job, chunk)
+                span_set(current, tokens=result.tokens, failed=result.failed)
+                try:
+                    outcome = batch_chunk_commit(job_id=job.id, token=self.token, result=result)
+                except InsufficientBalance:
+                    self._fail_unpaid(job, lines, chunk)
+                    return
+            logger.info(
+                "Batch %s: chunk %s, lines %s to %s, %s tokens (%s)",
+                job.id,
+                result.index,
+                result.first_line,
+                result.end_line,
+                result.tokens,
+                outcome.name.lower(),
+            )
             if outcome is ChunkCommit.STALE:
                 return
 
@@ -354,8 +378,17 @@ def batch_job_process(*, job_id: str) -> None:
     On an unexpected error the lease is kept until it runs out, so the maintenance task tries
     the job again later (at most BATCH_MAX_RUNS runs in all).
     """
+    # Every record of the run carries the job's id (and, from the task's headers, the id of
+    # the request that created it).
+    log_context_update(batch_id=job_id)
+    with span("batch.run", attributes={"embeddings.batch_id": job_id}):
+        _process(job_id)
+
+
+def _process(job_id: str) -> None:
     token = batch_job_lease_take(job_id=job_id)
     if token is None:
+        logger.info("Batch %s is held by another runner", job_id)
         return
     try:
         _Runner(job_id, token).run()

@@ -32,6 +32,7 @@ from batch.selectors import (
 from billing.models import ApiKey
 from embeddings_site.background import task_enqueue_named
 from embeddings_site.errors import ApiError, ErrorCode
+from embeddings_site.log_context import current_request_id, log_context_update
 from embeddings_site.public_http import PublicUrlError, check_public_url
 from inference.models import EmbeddingModel
 from inference.services import embedding_model_resolve
@@ -223,8 +224,11 @@ def _job_create(*, api_key: ApiKey, fmt: str, model: EmbeddingModel, **fields: A
         model=model.name,
         expires_at=now + timedelta(seconds=settings.BATCH_EXPIRES_AFTER_SECONDS),
         enqueued_at=now,
+        request_id=current_request_id()[:64],
         **fields,
     )
+    # The creating request's records (and the task it sends) carry the job's id from here on.
+    log_context_update(batch_id=job.id, model=model.name)
     _enqueue_on_commit("batch_job_run", job.id)
     return job
 

@@ -20,6 +20,8 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
+from embeddings_site.log_context import log_context_carried, log_scope
+
 logger = logging.getLogger(__name__)
 
 # Threads per local pool; "batch" follows BATCH_LOCAL_WORKERS.
@@ -41,13 +43,16 @@ def _pool(name: str) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_local(task: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    try:
-        task(*args)
-    except Exception:
-        logger.exception("Background task %s failed", getattr(task, "name", task))
-    finally:
-        close_old_connections()
+def _run_local(task: Callable[..., Any], args: tuple[Any, ...], carried: dict[str, str]) -> None:
+    # Like a Celery task: under the sending request's id, not whatever ran on this thread last.
+    name = str(getattr(task, "name", task))
+    with log_scope(**carried, task_name=name):
+        try:
+            task(*args)
+        except Exception:
+            logger.exception("Background task %s failed", name)
+        finally:
+            close_old_connections()
 
 
 def task_enqueue(task: Any, *args: Any, pool: str = "default") -> None:
@@ -55,7 +60,7 @@ def task_enqueue(task: Any, *args: Any, pool: str = "default") -> None:
     if settings.CELERY_BROKER_URL:
         task.delay(*args)
         return
-    future = _pool(pool).submit(_run_local, task, args)
+    future = _pool(pool).submit(_run_local, task, args, log_context_carried())
     with _lock:
         _pending.add(future)
     future.add_done_callback(_forget)

@@ -18,6 +18,7 @@ from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions as drf_exceptions
 
 from embeddings_site.json import json_response
+from embeddings_site.log_context import log_context_update
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ def _wants_page(request: HttpRequest) -> bool:
 
 def error_response(request: HttpRequest, error: ApiError) -> HttpResponse:
     request_id = getattr(request, "request_id", "")
+    log_context_update(code=error.code.value)
     if _wants_page(request):
         html = render_to_string(
             "error.html", {"error": error, "request_id": request_id}, request=request

@@ -1,21 +1,30 @@
-"""Request id and arrival time on every request, the body size cap checked before a byte is
-read, and database faults answered 503 instead of 500."""
+"""Request id and arrival time on every request (with its log scope, its server span and, for
+the API, one summary record), the body size cap checked before a byte is read, and database
+faults answered 503 instead of 500."""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
+from opentelemetry.trace import SpanKind
 
 from embeddings_site import deadlines
 from embeddings_site.errors import ApiError, ErrorCode, database_unavailable, error_response
+from embeddings_site.log_context import log_context, log_scope
+from embeddings_site.tracing import span, span_failed, span_set_raw, tracing_enabled
 
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The public API, whose requests each get one summary record (not probes or worker heartbeats).
+_SUMMARY_PREFIXES = ("/v1/", "/v2/")
+requests_logger = logging.getLogger("embeddings_site.requests")
 
 
 def request_arrival(request: HttpRequest) -> float:
@@ -44,13 +53,62 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         # The request's deadline and its recorded latency count from its arrival.
-        request.arrived = request_arrival(request)  # type: ignore[attr-defined]
+        arrived = request.arrived = request_arrival(request)  # type: ignore[attr-defined]
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _CLIENT_REQUEST_ID.match(incoming) else secrets.token_hex(8)
         request.request_id = request_id  # type: ignore[attr-defined]
-        response = self.get_response(request)
-        response["X-Request-ID"] = request_id
+        # Every record of this request carries its id (embeddings_site.log_context); the
+        # views add the key prefix, endpoint and model as they learn them. A page's path is
+        # left out of records and spans: some hold one-time tokens (password reset, e-mail
+        # verification links); its span is named by its URL pattern instead.
+        api = request.path.startswith(tuple(settings.API_PATH_PREFIXES))
+        with (
+            log_scope(request_id=request_id, path=request.path if api else None) as fields,
+            span(
+                f"{request.method} {request.path}" if api else str(request.method),
+                kind=SpanKind.SERVER,
+                carrier=_trace_headers(request) if tracing_enabled() else None,
+            ) as server_span,
+        ):
+            response = self.get_response(request)
+            response["X-Request-ID"] = request_id
+            fields["status"] = response.status_code
+            fields["latency_ms"] = round((deadlines.clock() - arrived) * 1000, 3)
+            if server_span is not None:
+                span_set_raw(server_span, _span_attributes(request, response.status_code, api))
+                if not api and request.resolver_match is not None:
+                    server_span.update_name(f"{request.method} /{request.resolver_match.route}")
+                if response.status_code >= 500:
+                    span_failed(server_span, str(fields.get("code") or response.status_code))
+            if settings.LOG_REQUESTS and request.path.startswith(_SUMMARY_PREFIXES):
+                requests_logger.info("%s %s %s", request.method, request.path, response.status_code)
         return response
+
+
+def _trace_headers(request: HttpRequest) -> dict[str, str]:
+    """A caller's W3C trace headers, which the request's span continues."""
+    carrier = {}
+    for name in ("traceparent", "tracestate"):
+        value = request.headers.get(name)
+        if value:
+            carrier[name] = value
+    return carrier
+
+
+def _span_attributes(request: HttpRequest, status: int, api: bool) -> dict[str, Any]:
+    fields = log_context()
+    attributes: dict[str, Any] = {
+        "http.request.method": request.method,
+        "http.response.status_code": status,
+    }
+    if api:
+        attributes["url.path"] = request.path
+    elif request.resolver_match is not None:
+        attributes["http.route"] = f"/{request.resolver_match.route}"
+    for name in ("request_id", "key_prefix", "endpoint", "model", "tokens", "code"):
+        if fields.get(name) not in (None, ""):
+            attributes[f"embeddings.{name}"] = fields[name]
+    return attributes
 
 
 class RequestBodyLimitMiddleware:

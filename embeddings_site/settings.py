@@ -318,15 +318,44 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        # JSON lines or plain text, as LOG_FORMAT says (embeddings_site.log_format).
+        "default": {"()": "embeddings_site.log_format.formatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # Every record gets the fields of the request (or task) it belongs to.
+    "filters": {"context": {"()": "embeddings_site.log_context.LogContextFilter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "default",
+            "filters": ["context"],
+        }
+    },
+    "root": {
+        "handlers": ["console"],
+        "level": env_choice("LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}),
+    },
     "loggers": {
         # Django logs every 4xx as a warning with the request line; the API's own log is enough.
         "django.request": {"level": "ERROR"},
     },
 }
+
+# --- Logs and traces ---
+# `json`: one JSON object per line from every process (gunicorn's access log included), with
+# request_id, key_prefix, endpoint, model, status, code and latency_ms; `text` (the default):
+# plain lines with the same fields at their end.
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", {"text", "json"})
+# One summary record per /v1 request ("request finished", logger embeddings_site.requests),
+# at INFO; `false` leaves it out (gunicorn's access log still has one line per request).
+LOG_REQUESTS = env_bool("LOG_REQUESTS", default=True)
+# Celery workers log through LOGGING above instead of installing their own root handler.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# OpenTelemetry traces go to this OTLP/HTTP collector (its base URL: spans are posted to
+# <endpoint>/v1/traces); unset, no SDK is installed and tracing costs nothing. The SDK reads
+# the other standard OTEL_* variables itself.
+OTEL_EXPORTER_OTLP_ENDPOINT = env_url("OTEL_EXPORTER_OTLP_ENDPOINT", schemes={"http", "https"})
+# The service name spans carry; empty: embeddings-gateway, embeddings-celery, embeddings-manage.
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME")
 
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

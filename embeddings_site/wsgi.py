@@ -40,5 +40,12 @@ def _start_maintenance() -> None:
     start_batch_maintenance_thread()
 
 
+def _start_tracing() -> None:
+    from embeddings_site.tracing import tracing_start
+
+    tracing_start(role="gateway")  # once per gunicorn worker, when OTLP is configured
+
+
+_start_tracing()
 _warm_models()
 _start_maintenance()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import io
 import math
 import re
@@ -108,8 +109,10 @@ def _fetch_together(urls: dict[int, str]) -> dict[int, bytes]:
     budget = FetchBudget(max_bytes=settings.IMAGE_FETCH_MAX_TOTAL_BYTES, seconds=seconds)
     workers = min(settings.IMAGE_FETCH_CONCURRENCY, len(urls))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
+    # Each fetch runs in a copy of the request's context: its records carry the request's id.
     futures: dict[Future[bytes], int] = {
-        pool.submit(fetch_image_bytes, url, budget=budget): index for index, url in urls.items()
+        pool.submit(contextvars.copy_context().run, fetch_image_bytes, url, budget=budget): index
+        for index, url in urls.items()
     }
     try:
         done, pending = wait(

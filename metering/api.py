@@ -13,6 +13,7 @@ from billing.models import ApiKey
 from embeddings_site import deadlines
 from embeddings_site.deadlines import Deadline
 from embeddings_site.errors import ApiError, ErrorCode, api_error_from_exception, error_response
+from embeddings_site.log_context import log_context_update
 from metering.authentication import ApiKeyAuthentication
 from metering.lifecycle import MeteredWork
 
@@ -32,6 +33,7 @@ class MeteredApiView(APIView):
     endpoint = "embeddings"
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        log_context_update(endpoint=self.endpoint)
         super().initial(request, *args, **kwargs)
         api_key: ApiKey = request.auth  # type: ignore[assignment]
         arrived = getattr(request._request, "arrived", None) or deadlines.clock()

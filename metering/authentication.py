@@ -8,6 +8,8 @@ from rest_framework.request import Request
 
 from billing.models import ApiKey, User
 from embeddings_site.errors import ApiError, ErrorCode
+from embeddings_site.log_context import log_context_update
+from embeddings_site.tracing import span, span_set
 from metering.selectors import api_key_get_active, api_key_refusal_message
 from metering.services import api_key_touch
 
@@ -16,6 +18,14 @@ class ApiKeyAuthentication(BaseAuthentication):
     """`Authorization: Bearer <key>` only; keys in the query string or body are never read."""
 
     def authenticate(self, request: Request) -> tuple[User, ApiKey]:
+        with span("authenticate") as current:
+            user, api_key = self._authenticate(request)
+            # The key's display prefix only: the key itself is never logged or traced.
+            log_context_update(key_prefix=api_key.prefix)
+            span_set(current, key_prefix=api_key.prefix)
+            return user, api_key
+
+    def _authenticate(self, request: Request) -> tuple[User, ApiKey]:
         header = request.META.get("HTTP_AUTHORIZATION", "")
         if not header.strip():
             raise ApiError(

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from embeddings_site.log_context import log_scope_detached
+
 Item = TypeVar("Item")
 
 Apply = Callable[[Sequence[Item]], Sequence[object]]
@@ -91,6 +93,14 @@ class GroupCommit(Generic[Item]):
     def _write(self, group: list[_Slot[Item]]) -> None:
         self.groups += 1
         self.items += len(group)
+        if len(group) == 1:
+            self._write_group(group)
+            return
+        # The leader writes others' work too: what is logged meanwhile is no one request's.
+        with log_scope_detached():
+            self._write_group(group)
+
+    def _write_group(self, group: list[_Slot[Item]]) -> None:
         try:
             results = self._apply([slot.item for slot in group])
         except BaseException as exc:  # noqa: BLE001 - handed to the caller it belongs to

@@ -31,6 +31,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -41,7 +42,9 @@ from django.utils import timezone
 from billing.models import ApiKey, UsageRecord
 from embeddings_site.deadlines import Deadline, deadline_scope
 from embeddings_site.errors import ApiError, ErrorCode, database_unavailable
+from embeddings_site.log_context import log_context_update
 from embeddings_site.metrics import request_observe
+from embeddings_site.tracing import NO_SPAN, span, span_set, tracing_enabled
 from metering.authentication import api_key_model_check
 from metering.hooks import after_debit_run
 from metering.ledger import (
@@ -300,6 +303,14 @@ class MeteredWork(Generic[T]):
         if self._settled:
             return
         self._settled = True
+        log_context_update(code=error.code.value)
+        with lifecycle_step(self, "settle") as current:
+            span_set(
+                current, code=error.code.value, outcome="refunded" if self.usage else "refused"
+            )
+            self._settle_failure(error)
+
+    def _settle_failure(self, error: ApiError) -> None:
         self._observe(error)
         if self.usage is not None:
             self._refund(error)
@@ -450,21 +461,53 @@ def _drop_broken_connection() -> None:
     close_old_connections()
 
 
+def lifecycle_step(work: MeteredWork[Any], name: str) -> AbstractContextManager[Any]:
+    """A span for one step of the lifecycle, with the request's id, key prefix and model
+    (nothing at all while tracing is off)."""
+    if not tracing_enabled():
+        return NO_SPAN
+    attributes = {
+        "embeddings.request_id": work.request_id,
+        "embeddings.key_prefix": work.api_key.prefix,
+        "embeddings.endpoint": work.endpoint,
+        "embeddings.model": work.model,
+    }
+    return span(name, attributes=attributes)
+
+
+def _count(work: MeteredWork[Any], operation: MeteredOperation[Any]) -> Cost:
+    with lifecycle_step(work, "count") as current:
+        cost = operation.count()
+        span_set(current, tokens=cost.tokens)
+    log_context_update(tokens=cost.tokens)
+    return cost
+
+
 def metered_run(*, work: MeteredWork[T], operation: MeteredOperation[T]) -> T:
     """Run one operation through the whole lifecycle; the caller settles failures with
     `work.fail()` (the API view's exception handler does) and always calls `work.close()`."""
     work.model = operation.model_name()
+    log_context_update(model=work.model)
     api_key_model_check(api_key=work.api_key, model=work.model)
     operation.shed()
     with deadline_scope(deadline=work.deadline, tenant=work.tenant):
-        cost = operation.count() if operation.count_is_cheap() else None
-        work.preadmit(model=work.model, min_tokens=operation.min_tokens(), cost=cost)
+        cost = _count(work, operation) if operation.count_is_cheap() else None
+        with lifecycle_step(work, "preadmit") as current:
+            work.preadmit(model=work.model, min_tokens=operation.min_tokens(), cost=cost)
+            span_set(current, tokens=work.estimate)
+        logger.debug("Admitted with %s tokens bound", work.estimate)
         if cost is None:
-            cost = operation.count()
-        work.debit(cost)
-        release_pooled_connection()  # and a settle after a fault finds a fresh one
-        result = operation.run()
-    work.succeed()
+            cost = _count(work, operation)
+        with lifecycle_step(work, "debit") as current:
+            span_set(current, tokens=cost.tokens)
+            work.debit(cost)
+            release_pooled_connection()  # and a settle after a fault finds a fresh one
+        logger.debug("Debited %s tokens for %s", cost.tokens, work.model)
+        with lifecycle_step(work, "infer"):
+            result = operation.run()
+    with lifecycle_step(work, "settle") as current:
+        span_set(current, outcome="served")
+        work.succeed()
     return result
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -30,9 +31,12 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.db.models import Q
 from django.utils import timezone
+from opentelemetry.trace import SpanKind
 
 from embeddings_site.deadlines import current_deadline
+from embeddings_site.log_context import current_request_id
 from embeddings_site.metrics import worker_call
+from embeddings_site.tracing import span, span_set_raw, trace_headers_inject
 from inference.backends.base import (
     BackendError,
     BackendHealth,
@@ -147,6 +151,16 @@ class WorkerPool:
                     worker.url,
                     worker.consecutive_failures,
                 )
+
+
+def worker_request_id() -> str:
+    """The X-Request-ID of one worker call: the gateway request's id and a suffix of its own.
+
+    vLLM takes the header as its request id (its logs show it) and refuses an id that is
+    already running, so two calls must never share one: a client may send the same
+    X-Request-ID twice at once, and one request may call a worker more than once."""
+    request_id = current_request_id() or "gw"
+    return f"{request_id}-{secrets.token_hex(3)}"
 
 
 class _WorkerFailed(Exception):
@@ -397,8 +411,33 @@ class VllmBackend(EmbeddingBackend):
         timeout = httpx.Timeout(
             budget.seconds, connect=min(settings.WORKER_CONNECT_TIMEOUT_SECONDS, budget.seconds)
         )
+        url = f"{worker.url}{path}"
+        with span(
+            f"POST {path}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                "url.full": url,
+                "server.address": worker.url,
+            },
+        ) as current:
+            headers = {"X-Request-ID": worker_request_id()}
+            trace_headers_inject(headers)
+            response = self._send(url, payload, timeout, headers, budget, worker)
+            span_set_raw(current, {"http.response.status_code": response.status_code})
+            return self._answer(response, payload, parse)
+
+    def _send(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        timeout: httpx.Timeout,
+        headers: dict[str, str],
+        budget: _CallBudget,
+        worker: WorkerState,
+    ) -> httpx.Response:
         try:
-            response = self._http().post(f"{worker.url}{path}", json=payload, timeout=timeout)
+            return self._http().post(url, json=payload, timeout=timeout, headers=headers)
         except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
             # Not retried: another worker would only double the client's wait.
             waited = "the request's deadline" if budget.cut_by_deadline else "the worker timeout"
@@ -407,6 +446,10 @@ class VllmBackend(EmbeddingBackend):
             ) from exc
         except httpx.HTTPError as exc:
             raise _WorkerFailed(type(exc).__name__) from exc
+
+    def _answer(
+        self, response: httpx.Response, payload: dict[str, Any], parse: Any
+    ) -> list[np.ndarray]:
         status = response.status_code
         if status == 200 and parse is not None:
             return parse(response, payload)

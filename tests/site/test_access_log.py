@@ -55,3 +55,38 @@ def test_query_string_credentials_are_refused_and_not_written_to_the_access_log(
     assert "GET /v1/models?marker=made-up&api_key=REDACTED&Token=REDACTED" in made_up_line
     assert "POST /v1/embeddings?marker=real&KEY=REDACTED&access_token=REDACTED" in real_line
     assert " 401 " in real_line
+
+
+def test_credential_headers_are_blanked_even_when_the_access_log_format_asks_for_them(
+    gateways: list[Gateway], tmp_path: Path
+) -> None:
+    """An operator's --access-logformat may name any header; the ones that carry credentials
+    are written as REDACTED (so are key- and Stripe-secret-shaped values in the URL)."""
+    log_format = "%(r)s auth=%({authorization}i)s cookie=%({cookie}i)s sig=%({stripe-signature}i)s"
+    gateway = Gateway(
+        tmp_path / "gw",
+        workers=1,
+        threads=2,
+        env={"GUNICORN_CMD_ARGS": f"--access-logformat '{log_format}'"},
+    ).start()
+    gateways.append(gateway)
+    key = create_key(gateway, email="headers@example.com")
+
+    response = requests.post(
+        f"{gateway.url}/v1/embeddings",
+        params={"marker": "headers", "next": "sk_live_" + "L1ve" * 8},
+        json={"input": "hello"},
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Cookie": "sessionid=SECRET-session",
+            "Stripe-Signature": "t=1,v1=SECRET-signature",
+        },
+        timeout=30,
+    )
+
+    assert response.status_code == 200, response.text
+    line = access_log_line(gateway, "marker=headers")
+    log = gateway.log.read_text()
+    assert key not in log and "SECRET" not in log and "sk_live_" not in log
+    assert "auth=REDACTED cookie=REDACTED sig=REDACTED" in line
+    assert "POST /v1/embeddings?marker=headers&next=REDACTED" in line
