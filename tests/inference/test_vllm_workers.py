@@ -23,6 +23,7 @@ import requests
 
 from tests.infra import ROOT, Gateway, free_port
 from tests.jina_spec import assert_error_envelope
+from tests.run_processes import RUN_ID, kill, processes_of, start_process
 
 pytestmark = pytest.mark.e2e
 
@@ -75,9 +76,9 @@ heartbeat_seconds = 2
 
     def start(self) -> WorkerProcess:
         with self.log.open("a") as log:
-            self.process = subprocess.Popen(
+            self.process = start_process(
                 [sys.executable, "manage.py", "run_worker", "--config", str(self.config)],
-                cwd=ROOT, env=self.gateway.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT, env=self.gateway.env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         return self
 
@@ -99,7 +100,7 @@ heartbeat_seconds = 2
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", "--", f"--port {self.port}"], check=False)
+        kill([p for p in processes_of(RUN_ID) if f"--port {self.port}" in p.command])
         # Nothing of this worker may outlive it: the launcher runs vLLM in its own session,
         # and vLLM's engine process must go with it.
         if vllm_session:
