@@ -100,15 +100,23 @@ def _quantize(plain: Path, partial: Path) -> None:
     )
 
 
-class _LastHiddenState(_import_torch().nn.Module):  # type: ignore[misc]
-    """The encoder as the exporter wants it: two tensors in, the last hidden state out."""
+def _last_hidden_state(model: Any) -> Any:
+    """The encoder as the exporter wants it: two tensors in, the last hidden state out.
 
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
+    A class made on demand: one at module level imported torch into every process that imports
+    the registry (each manage.py command, each Celery worker before it says ready), for the
+    export alone, which most processes never run."""
+    module: Any = _import_torch().nn.Module
 
-    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    class LastHiddenState(module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    return LastHiddenState()
 
 
 class OnnxCpuBackend(TransformersCpuBackend):
@@ -162,7 +170,7 @@ class OnnxCpuBackend(TransformersCpuBackend):
         dummy_mask = torch.ones((2, 8), dtype=torch.long)
         dummy_mask[1, 5:] = 0
         torch.onnx.export(
-            _LastHiddenState(eager),
+            _last_hidden_state(eager),
             (dummy_ids, dummy_mask),
             str(partial),
             input_names=["input_ids", "attention_mask"],
