@@ -28,7 +28,6 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -71,31 +70,68 @@ def new_run_id() -> str:
     return f"{os.getpid()}-{started}-{uuid.uuid4().hex[:8]}"
 
 
+def run_owner(run_id: str) -> int | None:
+    """The pid of the pytest that owns `run_id` (None for an id this code did not make)."""
+    owner = run_id.split("-")[0]
+    return int(owner) if owner.isdigit() else None
+
+
 def run_is_alive(run_id: str) -> bool:
     """Whether the pytest that owns `run_id` still runs (an id it cannot read counts as alive)."""
-    try:
-        pid, started, _ = run_id.split("-")
-        stat = _stat(int(pid))
-    except ValueError:
+    parts = run_id.split("-")
+    owner = run_owner(run_id)
+    if owner is None or len(parts) != 3:
         return True
-    return stat is not None and stat[19] == started and stat[0] != "Z"
+    stat = _stat(owner)
+    return stat is not None and stat[19] == parts[1] and stat[0] != "Z"
 
 
-def marked_processes() -> Iterator[RunProcess]:
-    """Every live process but this one with RUN_VARIABLE in the environment it started with."""
+def _marks(entry: Path) -> tuple[str, ...]:
     prefix = f"{RUN_VARIABLE}=".encode()
+    try:
+        environ = (entry / "environ").read_bytes().split(b"\0")
+    except OSError:  # not ours to read
+        return ()
+    found = [item[len(prefix) :].decode() for item in environ if item.startswith(prefix)]
+    return tuple(found[0].split()) if found else ()
+
+
+def marked_processes() -> list[RunProcess]:
+    """Every live process but this one that a test run started: one with RUN_VARIABLE in the
+    environment it started with, or a child of a run's pytest or of such a process, however
+    deep. (Some programs write their title over their environment, as redis-server does; then
+    only their parent says whose they are, and only while it lives.)"""
+    table: dict[int, tuple[int, tuple[str, ...], str]] = {}  # pid: parent, marks, command
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        stat = _stat(int(entry.name)) if entry.name.isdigit() else None
+        if stat is None or stat[0] == "Z":
             continue
         try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:  # gone meanwhile, or not ours to read
+        except OSError:  # gone meanwhile
             continue
-        marks = [item[len(prefix) :].decode() for item in environ if item.startswith(prefix)]
-        stat = _stat(int(entry.name))
-        if marks and stat is not None and stat[0] != "Z":
-            yield RunProcess(int(entry.name), tuple(marks[0].split()), command.strip())
+        table[int(entry.name)] = (int(stat[1]), _marks(entry), command.strip())
+    owned: dict[int, list[str]] = {os.getpid(): os.environ.get(RUN_VARIABLE, RUN_ID).split()}
+    for _, marks, _ in table.values():
+        for run in marks:
+            owner = run_owner(run)
+            if owner is not None and run_is_alive(run) and run not in owned.get(owner, []):
+                owned.setdefault(owner, []).append(run)
+    runs: dict[int, tuple[str, ...]] = {}
+
+    def runs_of(pid: int) -> tuple[str, ...]:
+        if pid not in runs:
+            runs[pid] = ()  # a loop in a table read while processes come and go
+            parent, marks, _ = table.get(pid, (0, (), ""))
+            inherited = [*runs_of(parent), *owned.get(parent, [])] if parent > 1 else []
+            runs[pid] = tuple(dict.fromkeys([*inherited, *marks]))
+        return runs[pid]
+
+    return [
+        RunProcess(pid, runs_of(pid), command)
+        for pid, (_, _, command) in table.items()
+        if pid != os.getpid() and runs_of(pid)
+    ]
 
 
 def processes_of(run_id: str) -> list[RunProcess]:
@@ -121,11 +157,17 @@ RUN_ID = new_run_id()
 _started: list[subprocess.Popen[bytes]] = []
 
 
+def _run_environ() -> dict[str, str]:
+    # SPT_NOENV: setproctitle (vLLM's engine names itself VLLM::EngineCore, gunicorn its
+    # processes) otherwise writes the title over the environment /proc/<pid>/environ shows.
+    return {RUN_VARIABLE: os.environ[RUN_VARIABLE], "SPT_NOENV": "1"}
+
+
 def start_process(args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
     """Popen for a server a test starts: in a session (process group) of its own, stopped at the
     end of the run if its test did not stop it, and sent SIGTERM should pytest die."""
     if popen.get("env") is not None:
-        popen["env"] = {**popen["env"], RUN_VARIABLE: os.environ[RUN_VARIABLE]}
+        popen["env"] = {**popen["env"], **_run_environ()}
     process = subprocess.Popen(args, start_new_session=True, preexec_fn=die_with_parent(), **popen)
     _started.append(process)
     return process
@@ -173,6 +215,7 @@ def run_start(config: pytest.Config) -> None:
     """Mark this run's children, turn SIGTERM into Ctrl-C, and kill what dead runs left."""
     inherited = os.environ.get(RUN_VARIABLE, "")
     os.environ[RUN_VARIABLE] = f"{inherited} {RUN_ID}".strip()
+    os.environ.update(_run_environ())
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     atexit.register(_kill_at_exit)
