@@ -12,10 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import requests
 
 from tests.inference.test_vllm_workers import MODEL, WORKER_PYTHON, WorkerProcess
 from tests.infra import Gateway, LocalStripe, RedisServer, free_port, stripe_env, wait_for_port
@@ -26,21 +23,6 @@ def servers_up(pids: list[int]) -> None:
     Path(os.environ["STOPPED_RUN_MARKER"]).write_text(json.dumps({"run": RUN_ID, "pids": pids}))
     if os.environ.get("STOPPED_RUN_THEN") == "pause":
         signal.pause()  # until the parent test signals this run
-
-
-def wait_healthy(worker: WorkerProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert worker.process is not None and worker.process.poll() is None, worker.log.read_text()[
-            -3000:
-        ]
-        try:
-            if requests.get(f"{worker.url}/health", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"vLLM not healthy after {timeout}s:\n{worker.log.read_text()[-3000:]}")
 
 
 def test_servers(
@@ -62,7 +44,7 @@ def test_servers(
         worker = WorkerProcess(tmp_path, gateway).start()
         # Stopped by nothing but the end of the run: the launcher must take its vLLM along.
         assert worker.process is not None
-        wait_healthy(worker, timeout=900)
+        worker.wait_healthy(timeout=900)
         started += [worker.process.pid, worker.vllm_pid()]
     servers_up(started)
 
