@@ -2,7 +2,8 @@
 a localstripe server and Celery workers.
 
 Each is started or found here; when one cannot be had the test fails with a message that says
-what is missing — it is never skipped silently.
+what is missing — it is never skipped silently. Each server starts through
+tests/run_processes.py's `start_process`, and the hooks below make sure none outlives the run.
 """
 
 from __future__ import annotations
