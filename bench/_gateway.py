@@ -4,7 +4,6 @@ and a key whose limits never get in the way."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,13 +13,9 @@ from types import TracebackType
 
 import httpx
 
+from embeddings_site.local_processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class BenchGateway:

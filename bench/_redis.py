@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from embeddings_site.local_processes import free_port, wait_for_port
 
 
 @contextmanager
@@ -20,9 +20,7 @@ def private_redis(url: str | None) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server not found; install it or pass --redis-url")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as directory:
         process = subprocess.Popen(
             [
@@ -41,11 +39,7 @@ def private_redis(url: str | None) -> Iterator[str]:
             stdout=subprocess.DEVNULL,
         )
         try:
-            for _ in range(200):
-                with socket.socket() as probe:
-                    if probe.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.02)
+            wait_for_port(port, timeout=4)
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             process.terminate()

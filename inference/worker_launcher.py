@@ -48,6 +48,8 @@ from typing import Any
 
 import httpx
 
+from embeddings_site.local_processes import die_with_parent, stop_process_groups
+
 logger = logging.getLogger(__name__)
 
 
@@ -226,8 +228,12 @@ class WorkerLauncher:
         command = vllm_command(self.config)
         self.log(f"starting: {' '.join(command)}")
         # Its own process group: vLLM forks an engine process that would outlive a plain
-        # terminate() of the server and keep the accelerator's memory.
-        self.process = subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603 - the operator's own config
+        # terminate() of the server and keep the accelerator's memory. And SIGTERM for vLLM
+        # should this launcher die without stopping it (SIGKILL, an OOM kill): vLLM then stops
+        # its engine itself.
+        self.process = subprocess.Popen(  # noqa: S603 - the operator's own config
+            command, env=env, start_new_session=True, preexec_fn=die_with_parent()
+        )
         try:
             if not self._wait_healthy():
                 return 1
@@ -272,14 +278,5 @@ class WorkerLauncher:
     def _leave(self) -> None:
         with contextlib.suppress(httpx.HTTPError):  # else the heartbeat TTL takes it out
             self._gateway("DELETE")
-        if self.process is None:
-            return
-        group = self.process.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):  # whatever of the group is left
-            os.killpg(group, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_groups([self.process], grace=30)

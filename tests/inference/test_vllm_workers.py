@@ -23,6 +23,7 @@ import requests
 
 from tests.infra import ROOT, Gateway, free_port
 from tests.jina_spec import assert_error_envelope
+from tests.run_processes import RUN_ID, kill, processes_of, start_process
 
 pytestmark = pytest.mark.e2e
 
@@ -75,11 +76,24 @@ heartbeat_seconds = 2
 
     def start(self) -> WorkerProcess:
         with self.log.open("a") as log:
-            self.process = subprocess.Popen(
+            self.process = start_process(
                 [sys.executable, "manage.py", "run_worker", "--config", str(self.config)],
-                cwd=ROOT, env=self.gateway.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT, env=self.gateway.env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Until vLLM answers /health itself (not through the gateway)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.log.read_text()[
+                -3000:
+            ]
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            time.sleep(1)
+        pytest.fail(f"vLLM not healthy after {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def vllm_pid(self) -> int:
         out = subprocess.run(
@@ -99,7 +113,7 @@ heartbeat_seconds = 2
                 self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", "--", f"--port {self.port}"], check=False)
+        kill([p for p in processes_of(RUN_ID) if f"--port {self.port}" in p.command])
         # Nothing of this worker may outlive it: the launcher runs vLLM in its own session,
         # and vLLM's engine process must go with it.
         if vllm_session:
@@ -112,6 +126,46 @@ heartbeat_seconds = 2
     def _session_alive(session: int) -> bool:
         found = subprocess.run(["pgrep", "-s", str(session)], capture_output=True, text=True)
         return bool(found.stdout.split())
+
+
+def session_members(session: int) -> list[int]:
+    """The live processes of a session (read from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z" and int(stat[3]) == session:
+                members.append(int(entry.name))
+    return members
+
+
+def test_a_launcher_killed_outright_takes_its_vllm_along(tmp_path) -> None:
+    """SIGKILL leaves `run_worker` no time to stop vLLM, which runs in a session of its own (so
+    that the launcher can stop all of it): Linux's parent-death signal stops vLLM instead, and
+    vLLM its engine."""
+    if not WORKER_PYTHON.exists():
+        pytest.fail("the vLLM worker environment is missing: run `make worker-env`")
+    # Never started: the launcher only logs that it cannot reach it.
+    gateway = Gateway(tmp_path / "gw", workers=1, threads=1, env={"WORKER_TOKEN": "unused"})
+    worker = WorkerProcess(tmp_path, gateway).start()
+    try:
+        worker.wait_healthy(timeout=900)
+        session = worker.vllm_pid()  # vLLM's server leads its session
+        vllm = session_members(session)
+        assert len(vllm) >= 2, "expected vLLM's server and its engine process"
+
+        assert worker.process is not None
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=10)
+
+        deadline = time.monotonic() + 120
+        while (left := [pid for pid in vllm if pid in session_members(session)]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
+        assert left == [], f"vLLM processes {left} outlived their launcher"
+    finally:
+        worker.stop()
 
 
 def _in_session(pid: int, launcher: subprocess.Popen[bytes] | None) -> bool:

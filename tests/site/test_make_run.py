@@ -6,8 +6,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -15,14 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from embeddings_site.local_processes import free_port, stop_process_groups
+from tests.run_processes import start_process
+
 ROOT = Path(__file__).resolve().parents[2]
 README_BLOCK = re.compile(r"<!-- readme-curl-example[^>]*-->\s*```bash\n(.*?)```", re.DOTALL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fresh_checkout(destination: Path) -> Path:
@@ -71,13 +66,8 @@ def test_make_run_from_a_fresh_checkout(tmp_path: Path) -> None:
     env["PATH"] = ":".join(p for p in env["PATH"].split(":") if ".venv" not in p)
     env["PORT"] = str(port)
     with log.open("w") as output:
-        process = subprocess.Popen(
-            ["make", "run"],
-            cwd=checkout,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        process = start_process(
+            ["make", "run"], cwd=checkout, env=env, stdout=output, stderr=subprocess.STDOUT
         )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -116,8 +106,4 @@ def test_make_run_from_a_fresh_checkout(tmp_path: Path) -> None:
         key = created.stdout.strip().splitlines()[-1]
         assert re.fullmatch(r"jina_[0-9A-Za-z]{49}", key)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_groups([process], grace=30)
