@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,9 @@ import pytest
 from django.test import Client
 
 from billing.models import ApiKey
+from embeddings_site import ip_limits
 from inference.models import EmbeddingModel
+from tests.clock import START, FakeClock
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory
 
 # Real services (private Redis, a fresh Postgres database, gunicorn gateways) as fixtures.
@@ -42,6 +45,20 @@ def _metering_in_process(settings: Any) -> Any:
     reset_limiter()
     yield
     reset_limiter()
+
+
+_test_days = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def ip_limit_clock() -> Iterator[FakeClock]:
+    """The in-process per-IP limits count on a clock that stands still, so a fixed window never
+    rolls over mid-test (a test moves it with `ip_limit_clock.advance`). Each test gets a day of
+    its own: a fresh window for every period up to a day, whatever earlier tests counted."""
+    clock = FakeClock(START + next(_test_days) * 86_400)
+    ip_limits.use_clock(clock)
+    yield clock
+    ip_limits.use_clock(None)
 
 
 @pytest.fixture(autouse=True)
