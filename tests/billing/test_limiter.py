@@ -257,6 +257,7 @@ class TestRedisLimiter(LimiterContract):
         assert {args[0] for args in calls} == {"EVALSHA"}
 
 
+@pytest.mark.e2e  # starts a process of its own
 def test_failover_modes(tmp_path: Path) -> None:
     """With Redis gone, "local" keeps limiting per process, "closed" refuses, "open" admits."""
     server = RedisServer(tmp_path / "redis").start()

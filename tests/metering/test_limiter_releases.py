@@ -22,6 +22,8 @@ from metering.limiter import FailoverLimiter, Limits, RedisLimiter
 from tests.clock import FakeClock
 from tests.infra import RedisServer
 
+pytestmark = pytest.mark.e2e  # real redis-servers, and a child process
+
 ONE = Limits(rpm=10_000, tpm=10**9, concurrency=1)
 NEVER = 3600.0  # a flush delay no test reaches: releases go only with calls (or flush())
 BOUND = 15.0  # the longest any wait below may take before the test fails (not a timing)
