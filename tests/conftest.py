@@ -126,6 +126,13 @@ def _metering_in_process(settings: Any) -> Any:
     reset_limiter()
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hasher(settings: Any) -> None:
+    """In-process tests hash passwords with MD5: PBKDF2's million rounds made each sign-up take
+    most of a second (Django's "Speeding up the tests"). Gateways in e2e tests keep PBKDF2."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 _test_days = itertools.count()
 
 
