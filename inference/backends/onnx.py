@@ -100,15 +100,20 @@ def _quantize(plain: Path, partial: Path) -> None:
     )
 
 
-class _LastHiddenState(_import_torch().nn.Module):  # type: ignore[misc]
-    """The encoder as the exporter wants it: two tensors in, the last hidden state out."""
+def _last_hidden_state(model: Any) -> Any:
+    """The encoder as the exporter wants it: two tensors in, the last hidden state out.
+    (A class made at export time: defined at import, it made importing this module, and so
+    every Django start, import torch.)"""
 
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
+    class LastHiddenState(_import_torch().nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-    def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    return LastHiddenState()
 
 
 class OnnxCpuBackend(TransformersCpuBackend):
@@ -162,7 +167,7 @@ class OnnxCpuBackend(TransformersCpuBackend):
         dummy_mask = torch.ones((2, 8), dtype=torch.long)
         dummy_mask[1, 5:] = 0
         torch.onnx.export(
-            _LastHiddenState(eager),
+            _last_hidden_state(eager),
             (dummy_ids, dummy_mask),
             str(partial),
             input_names=["input_ids", "attention_mask"],
