@@ -213,6 +213,7 @@ def test_createkey_prints_only_the_key_on_the_last_line(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_key_revoked_by_another_process_is_refused_within_the_cache_time(
     post_embeddings, api_key, settings, monkeypatch
 ) -> None:

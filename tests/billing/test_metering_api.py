@@ -133,6 +133,7 @@ def test_bad_requests_cost_nothing(call, make_key, body) -> None:
     assert ledger_mismatches() == []
 
 
+@pytest.mark.slow
 def test_rpm_limit_is_a_429_with_retry_after(call, make_key) -> None:
     api_key = make_key(tokens=10_000, rpm=3)
     responses = [call(api_key, {"input": "hi"}) for _ in range(4)]
@@ -171,6 +172,7 @@ def test_a_request_larger_than_the_whole_tpm_is_a_400_not_an_endless_429(call, m
     assert "Retry-After" not in response
 
 
+@pytest.mark.slow
 def test_usage_rows_and_daily_rollups(call, make_key, client) -> None:
     api_key = make_key(tokens=10_000)
     served = [call(api_key, {"input": f"text number {i}"}) for i in range(3)]

@@ -135,6 +135,7 @@ def test_the_onnx_runtime_matches_sentence_transformers_or_falls_back(
     print(f"{runtime}: kept {backend.runtime}, probe cosine vs torch {backend.probe_cosine:.6f}")  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_onnx_below_the_cosine_bar_falls_back_to_torch(
     tokenizer: TextTokenizer, tmp_path: Path
 ) -> None:
