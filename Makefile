@@ -22,7 +22,7 @@ TORCH_NUM_THREADS ?= $(if $(REDIS_URL),1,0)
 
 WORKER_VENV ?= .venv-worker
 
-.PHONY: run test install install-test lint check serve clean worker-env browser
+.PHONY: run test test-fast install install-test lint check serve clean worker-env browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,13 @@ browser:
 
 test: lint check worker-env browser
 	$(BIN)/pytest
+
+# `make test-fast`: lint, types, the import layers and the unit tests (tests/conftest.py puts
+# every test in one layer: unit, slow or e2e), for the edit-test loop; no vLLM worker env, no
+# chromium. The ONNX export of the default model is kept in var/ between runs.
+TEST_ONNX_CACHE ?= var/onnx-cache
+test-fast: lint
+	ONNX_CACHE_DIR=$(abspath $(TEST_ONNX_CACHE)) $(BIN)/pytest -m unit -q
 
 # Chart.js draws the dashboards' charts. Its release files (the minified UMD build with its
 # version and licence header, its source map, LICENSE.md) are committed under $(CHARTJS_DIR),

@@ -2,15 +2,20 @@
 
 Every `key="ip"` limit counts `client_ip(request)`: settings name it as django-ratelimit's
 RATELIMIT_IP_META_KEY, so no limit reads a client-chosen header on its own.
+
+django-ratelimit counts in fixed windows of time.time(); here its clock is `use_clock`'s, the
+real one unless a test pins it (a window that rolls over mid-test lets one more through).
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import django_ratelimit.core
 from django.conf import settings
 from django.http import HttpRequest
 from django_ratelimit.decorators import ratelimit
@@ -21,6 +26,27 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # What a request without a usable REMOTE_ADDR counts as (a Unix-socket peer, a broken WSGI
 # environ): such requests share one allowance instead of failing with a 500.
 UNKNOWN_CLIENT = "0.0.0.0"  # noqa: S104 - an address to count by, never one to bind to
+
+Clock = Callable[[], float]  # seconds since the epoch, as time.time() gives them
+_clock: Clock = time.time
+
+
+def use_clock(clock: Clock | None) -> None:
+    """Count every per-IP window on `clock` from now on (None: the real time.time again)."""
+    global _clock
+    _clock = clock or time.time
+
+
+class _WindowTime:
+    """What django_ratelimit.core (4.1.0, pinned) calls as its `time` module: it reads only
+    time.time(), for the window a request falls in and the seconds left in it."""
+
+    @staticmethod
+    def time() -> float:
+        return _clock()
+
+
+django_ratelimit.core.time = _WindowTime()  # type: ignore[assignment]
 
 
 def posts_limited_per_ip(rate_setting: str) -> Callable[[Any], Any]:

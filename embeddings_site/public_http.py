@@ -93,10 +93,15 @@ class FetchBudget:
         return f"{self._label}s are larger than {self.max_bytes // (1024 * 1024)} MB in total"
 
     def spend(self, size: int) -> None:
-        """Count `size` fetched bytes; raise once all fetches together went over."""
+        """Count `size` fetched bytes; raise once all fetches together went over. Only the fetch
+        whose bytes crossed the total is named for it: one that reads after is called off (under
+        load a fetch's first bytes could land after another's crossing and take the blame)."""
         with self._lock:
+            already_over = self._spent > self.max_bytes
             self._spent += size
             over = self._spent > self.max_bytes
+        if already_over:
+            raise FetchCalledOff(f"{self._label} download stopped: another one went over the total")
         if over:
             raise PublicUrlError(self.size_message())
 

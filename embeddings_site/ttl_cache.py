@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -13,15 +14,16 @@ V = TypeVar("V")
 class TtlCache(Generic[V]):
     """Values by key for a number of seconds each; bounded (when full it starts again empty)."""
 
-    def __init__(self, *, max_entries: int) -> None:
+    def __init__(self, *, max_entries: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
+        self.clock = clock  # seconds; a test's own clock moves entries past their time
         self._entries: dict[str, tuple[float, V]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> V | None:
         """The value if it is there and fresh, else None."""
         entry = self._entries.get(key)
-        if entry is None or entry[0] < time.monotonic():
+        if entry is None or entry[0] < self.clock():
             return None
         return entry[1]
 
@@ -30,7 +32,7 @@ class TtlCache(Generic[V]):
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            self._entries[key] = (time.monotonic() + seconds, value)
+            self._entries[key] = (self.clock() + seconds, value)
 
     def clear(self) -> None:
         """Forget everything."""

@@ -24,12 +24,17 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+# Seconds since the epoch (time.time's shape). The limiters take one so that a test can move
+# time on by exactly what it means, instead of sleeping through a window.
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,12 @@ class LocalLimiter(Limiter):
 
     name = "local"
 
-    def __init__(self, *, window: float | None = None, lease: float | None = None) -> None:
+    def __init__(
+        self, *, window: float | None = None, lease: float | None = None, clock: Clock = time.time
+    ) -> None:
         self.window = float(window or settings.RATE_LIMIT_WINDOW_SECONDS)
         self.lease = float(lease or settings.CONCURRENCY_LEASE_SECONDS)
+        self.clock = clock
         self._keys: dict[str, _KeyWindow] = {}
         self._lock = threading.Lock()
 
@@ -149,7 +157,7 @@ class LocalLimiter(Limiter):
 
     def admit(self, *, key: str, limits: Limits, tokens: int, slot: str, need: int = 0) -> Decision:
         with self._lock:
-            now = time.time()
+            now = self.clock()
             state = self._keys.setdefault(key, _KeyWindow())
             self._expire(state, now)
             if len(state.requests) + 1 > limits.rpm:
@@ -175,7 +183,7 @@ class LocalLimiter(Limiter):
         self, *, key: str, limits: Limits, slot: str, tokens: int, to: int, backend: str
     ) -> Decision:
         with self._lock:
-            now = time.time()
+            now = self.clock()
             state = self._keys.setdefault(key, _KeyWindow())
             self._expire(state, now)
             position = next((i for i, entry in enumerate(state.requests) if entry[2] == slot), None)
@@ -199,7 +207,7 @@ class LocalLimiter(Limiter):
 
     def peek(self, *, key: str, limits: Limits) -> Decision:
         with self._lock:
-            now = time.time()
+            now = self.clock()
             state = self._keys.setdefault(key, _KeyWindow())
             self._expire(state, now)
             return self._decision(state, limits, now, allowed=True)
@@ -216,12 +224,16 @@ class LocalLimiter(Limiter):
 # An admission reads everything in one HMGET and writes it in one HSET, and `o` lets it leave
 # the log alone until its oldest entry leaves the window. Every script first gives back the
 # slots released since this process's previous call: KEYS after the first two, each paired
-# with its "s<slot>" field in ARGV at the key's index + 8. ARGV: rpm, tpm, concurrency,
-# tokens, slot, window µs, lease µs, mode, need, exact tokens (adjust).
+# with its "s<slot>" field in ARGV at the key's index + 9. ARGV: rpm, tpm, concurrency,
+# tokens, slot, window µs, lease µs, mode, need, exact tokens (adjust), now µs (empty: Redis'
+# own clock, the one every process shares; a limiter given a clock sends its time instead).
 _PRELUDE = """
-for i = 3, #KEYS do redis.call('HDEL', KEYS[i], ARGV[i + 8]) end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 3, #KEYS do redis.call('HDEL', KEYS[i], ARGV[i + 9]) end
+local now = tonumber(ARGV[11])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
 local window, lease = tonumber(ARGV[6]), tonumber(ARGV[7])
 local cutoff = now - window
 local state = redis.call('HMGET', KEYS[2], 'n', 't', 'o', 'r')
@@ -560,8 +572,10 @@ class RedisLimiter(Limiter):
         window: float | None = None,
         lease: float | None = None,
         flush_delay: float = RELEASE_FLUSH_SECONDS,
+        clock: Clock | None = None,
     ) -> None:
         self.client = client
+        self.clock = clock  # None: Redis' clock, shared by every process (the real setting)
         self.flush_delay = flush_delay  # how long a release waits for a call to ride on
         lease_seconds = float(lease or settings.CONCURRENCY_LEASE_SECONDS)
         self.window_us = int(float(window or settings.RATE_LIMIT_WINDOW_SECONDS) * 1_000_000)
@@ -606,6 +620,7 @@ class RedisLimiter(Limiter):
             mode,
             need,
             to,
+            "" if self.clock is None else int(self.clock() * 1_000_000),
         ]
 
     def _decision(self, limits: Limits, answer: list[Any]) -> Decision:
@@ -669,7 +684,14 @@ class FailoverLimiter(Limiter):
     503. "open": admit without limits. Redis is retried at most once per `retry_interval`.
     """
 
-    def __init__(self, primary: RedisLimiter, *, mode: str, retry_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        primary: RedisLimiter,
+        *,
+        mode: str,
+        retry_interval: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
         if mode not in {"local", "closed", "open"}:
             raise ValueError(
                 f"RATE_LIMIT_ON_REDIS_ERROR must be local, closed or open, not {mode!r}"
@@ -678,15 +700,16 @@ class FailoverLimiter(Limiter):
         self.fallback = LocalLimiter()
         self.mode = mode
         self.retry_interval = retry_interval
-        self._down_until = 0.0
+        self.clock = clock  # when Redis may be tried again
+        self._down_until = -math.inf
 
     def _redis_usable(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return self.clock() >= self._down_until
 
     def _mark_down(self, exc: Exception) -> None:
         if self._redis_usable():
             logger.warning("Rate limiter: Redis unreachable (%s); mode %r", exc, self.mode)
-        self._down_until = time.monotonic() + self.retry_interval
+        self._down_until = self.clock() + self.retry_interval
 
     def _degraded(
         self, *, key: str, limits: Limits, tokens: int | None, slot: str, need: int = 0

@@ -55,6 +55,7 @@ def job_id(batch_api, settings) -> str:
     return batch_api.create({"input": inline_lines(TEXTS)}).json()["batch_id"]
 
 
+@pytest.mark.slow
 def test_killed_while_computing_a_chunk(batch_api, api_key, job_id, monkeypatch) -> None:
     commit = processing.batch_chunk_commit
     calls = []
@@ -80,6 +81,7 @@ def test_killed_while_computing_a_chunk(batch_api, api_key, job_id, monkeypatch)
     assert BatchJob.objects.get(pk=job_id).runs == 2
 
 
+@pytest.mark.slow
 def test_killed_inside_the_commit_after_the_debit(batch_api, api_key, job_id, monkeypatch) -> None:
     """The debit and the chunk are one transaction: a death between them undoes the debit."""
     create = BatchChunk.objects.create
@@ -103,6 +105,7 @@ def test_killed_inside_the_commit_after_the_debit(batch_api, api_key, job_id, mo
     assert_charged_once(batch_api, api_key, job_id)
 
 
+@pytest.mark.slow
 def test_two_runners_on_one_chunk_commit_it_once(batch_api, api_key, job_id, monkeypatch) -> None:
     """Runner A is slow: its lease runs out mid-chunk and runner B runs the whole job. A's
     late commit of the chunk B already committed is dropped, uncharged."""
@@ -126,6 +129,7 @@ def test_two_runners_on_one_chunk_commit_it_once(batch_api, api_key, job_id, mon
     assert_charged_once(batch_api, api_key, job_id)
 
 
+@pytest.mark.slow
 def test_a_job_that_keeps_dying_fails_after_its_last_run(
     batch_api, api_key, job_id, monkeypatch, settings
 ) -> None:

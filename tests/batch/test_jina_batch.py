@@ -53,6 +53,7 @@ def create_and_run(api: BatchApi, body: dict) -> dict:
     return api.status(job_id)
 
 
+@pytest.mark.slow
 def test_an_inline_job_answers_each_line_as_the_embeddings_api_would(
     batch_api, post_embeddings, api_key, settings
 ) -> None:
@@ -105,6 +106,7 @@ def test_an_inline_job_answers_each_line_as_the_embeddings_api_would(
     assert balance(api_key) == start - line_tokens - direct_tokens
 
 
+@pytest.mark.slow
 def test_bad_lines_go_to_the_errors_file_uncharged(batch_api, api_key) -> None:
     lines = [
         {"custom_id": "good", "body": {"input": "fine"}},
@@ -320,6 +322,7 @@ def test_cancel_a_pending_job_runs_and_charges_nothing(batch_api, api_key) -> No
     assert batch_api.delete(f"/v1/batch/{job_id}").status_code == 200  # again: no change
 
 
+@pytest.mark.slow
 def test_cancel_mid_job_stops_it_and_charges_only_committed_chunks(
     batch_api, api_key, settings, monkeypatch
 ) -> None:
@@ -353,6 +356,7 @@ def test_cancel_mid_job_stops_it_and_charges_only_committed_chunks(
     assert status["stats"]["total_tokens"] == charged == batch_debits(api_key)
 
 
+@pytest.mark.slow
 def test_a_completed_job_cannot_be_cancelled(batch_api) -> None:
     status = create_and_run(batch_api, {"input": inline_lines(["x"])})
     response = batch_api.delete(f"/v1/batch/{status['batch_id']}")
@@ -368,6 +372,7 @@ def test_files_are_not_ready_while_the_job_runs(batch_api) -> None:
     assert_error_envelope(response.json(), "RESOURCE_CONFLICT")
 
 
+@pytest.mark.slow
 def test_outputs_expire(batch_api, api_key) -> None:
     done = create_and_run(batch_api, {"input": inline_lines(TEXTS[:2])})["batch_id"]
     running = batch_api.create({"input": inline_lines(TEXTS[:2])}).json()["batch_id"]

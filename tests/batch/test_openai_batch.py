@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import openai
 import pytest
 import requests
 
 from billing.models import ApiKey, LedgerEntry
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory
 from tests.jina_spec import assert_valid
+
+if TYPE_CHECKING:
+    import openai
 
 MODEL = "all-MiniLM-L6-v2"
 TEXTS = [f"Document number {n} about batch embeddings." for n in range(30)]
@@ -51,6 +53,8 @@ def key(server) -> ApiKey:
 
 @pytest.fixture
 def oai(server, key) -> openai.OpenAI:
+    import openai  # here: collecting the other layers need not load the SDK
+
     return openai.OpenAI(base_url=f"{server}/v1", api_key=key.plaintext, max_retries=0)
 
 
@@ -140,6 +144,8 @@ WINDOW = {"endpoint": "/v1/embeddings", "completion_window": "24h"}
 
 
 def test_bad_uploads_and_batches_are_refused_with_codes(oai, settings) -> None:
+    import openai  # here: collecting the other layers need not load the SDK
+
     settings.BATCH_MAX_LINES = 5
     settings.BATCH_MAX_FILE_BYTES = 2000
     good = openai_lines(TEXTS[:2])
@@ -188,6 +194,8 @@ def test_bad_uploads_and_batches_are_refused_with_codes(oai, settings) -> None:
 
 def test_another_key_cannot_see_or_cancel_a_batch(oai, server) -> None:
     """ADVERSARIAL 3 through the SDK: NotFoundError for every read, cancel and download."""
+    import openai  # here: collecting the other layers need not load the SDK
+
     uploaded = oai.files.create(file=("batch.jsonl", openai_lines(TEXTS[:3])), purpose="batch")
     batch = oai.batches.create(
         input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"

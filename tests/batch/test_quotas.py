@@ -104,6 +104,7 @@ def test_lines_in_flight_are_bounded_and_freed_when_a_job_finishes(
     assert openai_create(batch_api, upload.json()["id"]).status_code == 200
 
 
+@pytest.mark.slow
 def test_input_url_jobs_past_the_hourly_quota_are_refused_and_never_fetched(
     batch_api, api_key, http_server, settings
 ) -> None:

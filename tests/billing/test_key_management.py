@@ -103,6 +103,7 @@ def test_nobody_changes_someone_elses_key(client: Client, api_key: ApiKey) -> No
     assert api_key.name == "test key"
 
 
+@pytest.mark.slow
 def test_an_expiry_refuses_the_key_at_its_time_even_while_the_key_is_cached(
     client: Client,
     owner: Client,

@@ -1,9 +1,12 @@
-"""One contract for both limiters: the in-process one and the Redis one (a real redis-server)."""
+"""One contract for both limiters: the in-process one and the Redis one (a real redis-server).
+
+Both run on a FakeClock (Redis takes the time from the caller when a limiter has a clock), so a
+window moves exactly as far as a test advances it and every retry-after is an exact figure.
+"""
 
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -18,9 +21,10 @@ from metering.limiter import (
     RedisLimiter,
     format_duration,
 )
+from tests.clock import FakeClock
 from tests.infra import RedisServer
 
-WINDOW = 1.0  # seconds; short so that the sliding window can be watched moving
+WINDOW = 1.0  # seconds
 
 
 def slot() -> str:
@@ -28,10 +32,17 @@ def slot() -> str:
 
 
 class LimiterContract:
-    """Behaviour every Limiter must have. Subclasses provide `make(window, lease)`."""
+    """Behaviour every Limiter must have. Subclasses provide `make(window, lease)`, a limiter
+    on `self.clock`."""
+
+    clock: FakeClock
 
     def make(self, *, window: float = WINDOW, lease: float = 60.0) -> Limiter:
         raise NotImplementedError
+
+    @pytest.fixture(autouse=True)
+    def _fake_clock(self) -> None:
+        self.clock = FakeClock()
 
     @pytest.fixture
     def key(self) -> str:
@@ -44,7 +55,7 @@ class LimiterContract:
         assert [r.allowed for r in results] == [True] * 5 + [False] * 2
         refused = results[5]
         assert refused.reason == "requests"
-        assert 59 < refused.retry_after <= 60
+        assert refused.retry_after == 60  # all five came at this instant
         assert refused.remaining_requests == 0
         assert results[4].remaining_requests == 0 and results[0].remaining_requests == 4
 
@@ -62,30 +73,38 @@ class LimiterContract:
     def test_window_slides_and_no_boundary_lets_twice_through(self, key: str) -> None:
         limiter = self.make(window=WINDOW)
         limits = Limits(rpm=3, tpm=10_000, concurrency=100)
-        started = time.time()
-        for _ in range(3):
-            assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
-        time.sleep(WINDOW * 0.6)
-        # Any fixed window would have reset by now for some alignment; a sliding one has not.
-        refused = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
-        assert not refused.allowed
-        assert 0 < refused.retry_after <= WINDOW - 0.5
-        time.sleep(max(0.0, started + WINDOW + 0.05 - time.time()))
         assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        self.clock.advance(0.5)
+        for _ in range(2):
+            assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        self.clock.advance(0.25)
+        # A fixed window aligned anywhere in the last 0.75 s would have reset; a sliding one
+        # waits for the first request to leave, one window after it came.
+        refused = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
+        assert not refused.allowed and refused.reason == "requests"
+        assert refused.retry_after == 0.25
+        self.clock.advance(0.25)
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        # Only the first request left: the two that came half a window later still count.
+        again = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
+        assert not again.allowed and again.retry_after == 0.5
+        assert again.requests_in_window == 3
 
     def test_token_retry_after_waits_for_enough_tokens_to_leave(self, key: str) -> None:
         limiter = self.make(window=WINDOW)
         limits = Limits(rpm=100, tpm=10, concurrency=100)
         assert limiter.admit(key=key, limits=limits, tokens=4, slot=slot()).allowed
-        time.sleep(0.3)
+        self.clock.advance(0.25)
         assert limiter.admit(key=key, limits=limits, tokens=6, slot=slot()).allowed
         refused = limiter.admit(key=key, limits=limits, tokens=5, slot=slot())
-        # 5 tokens need both earlier requests gone: the second leaves ~1.0 s after it came.
+        # 5 tokens need both earlier requests gone: the second leaves a window after it came.
         assert refused.reason == "tokens"
-        assert WINDOW - 0.1 < refused.retry_after <= WINDOW
+        assert refused.retry_after == WINDOW
         small = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
         assert not small.allowed
-        assert 0.4 < small.retry_after < 0.75  # the first request's 4 tokens free it
+        assert small.retry_after == 0.75  # the first request's 4 tokens free it
+        self.clock.advance(0.75)
+        assert limiter.admit(key=key, limits=limits, tokens=4, slot=slot()).allowed
 
     def test_concurrency_slots_are_released(self, key: str) -> None:
         limiter = self.make()
@@ -109,13 +128,14 @@ class LimiterContract:
             limiter.release(key=key, slot=taken, backend=decision.backend)
 
     def test_a_slot_held_by_a_dead_process_expires(self, key: str) -> None:
-        limiter = self.make(lease=0.3)
+        limiter = self.make(lease=0.5)
         limits = Limits(rpm=100, tpm=10_000, concurrency=1)
-        assert limiter.admit(
-            key=key, limits=limits, tokens=1, slot=slot()
-        ).allowed  # never released
+        never_released = slot()
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=never_released).allowed
         assert not limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
-        time.sleep(0.4)
+        self.clock.advance(0.25)
+        assert not limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        self.clock.advance(0.25)  # the lease has run out
         assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
 
     def test_keys_are_independent(self, key: str) -> None:
@@ -183,12 +203,14 @@ class LimiterContract:
         for _ in range(3):
             state = limiter.peek(key=key, limits=limits)
             assert state.requests_in_window == 1 and state.tokens_in_window == 30
-        assert 59 < state.reset_after <= 60
+        assert state.reset_after == 60
+        self.clock.advance(15)
+        assert limiter.peek(key=key, limits=limits).reset_after == 45
 
 
 class TestLocalLimiter(LimiterContract):
     def make(self, *, window: float = WINDOW, lease: float = 60.0) -> Limiter:
-        return LocalLimiter(window=window, lease=lease)
+        return LocalLimiter(window=window, lease=lease, clock=self.clock)
 
 
 class TestRedisLimiter(LimiterContract):
@@ -197,7 +219,15 @@ class TestRedisLimiter(LimiterContract):
         self.redis_url = redis_server.url
 
     def make(self, *, window: float = WINDOW, lease: float = 60.0) -> Limiter:
-        return RedisLimiter.from_url(self.redis_url, window=window, lease=lease)
+        return RedisLimiter.from_url(self.redis_url, window=window, lease=lease, clock=self.clock)
+
+    def test_without_a_clock_the_window_runs_on_redis_time(self, key: str) -> None:
+        """The production setting: every process counts on the one clock of Redis."""
+        limiter = RedisLimiter.from_url(self.redis_url, window=60)
+        limits = Limits(rpm=1, tpm=10_000, concurrency=100)
+        assert limiter.admit(key=key, limits=limits, tokens=1, slot=slot()).allowed
+        refused = limiter.admit(key=key, limits=limits, tokens=1, slot=slot())
+        assert refused.reason == "requests" and 0 < refused.retry_after <= 60
 
     def test_processes_share_one_window(self, key: str) -> None:
         """Two limiter instances (as in two gateway processes) see the same counts."""
@@ -227,12 +257,14 @@ class TestRedisLimiter(LimiterContract):
         assert {args[0] for args in calls} == {"EVALSHA"}
 
 
+@pytest.mark.e2e  # starts a process of its own
 def test_failover_modes(tmp_path: Path) -> None:
     """With Redis gone, "local" keeps limiting per process, "closed" refuses, "open" admits."""
     server = RedisServer(tmp_path / "redis").start()
     primary = RedisLimiter.from_url(server.url, window=60)
     limits = Limits(rpm=2, tpm=10_000, concurrency=100)
-    local = FailoverLimiter(primary, mode="local", retry_interval=0.2)
+    clock = FakeClock()
+    local = FailoverLimiter(primary, mode="local", retry_interval=0.25, clock=clock)
     closed = FailoverLimiter(RedisLimiter.from_url(server.url, window=60), mode="closed")
     opened = FailoverLimiter(RedisLimiter.from_url(server.url, window=60), mode="open")
     assert local.admit(key="k", limits=limits, tokens=1, slot=slot()).backend == "redis"
@@ -245,9 +277,10 @@ def test_failover_modes(tmp_path: Path) -> None:
     assert all(
         opened.admit(key="k", limits=limits, tokens=1, slot=slot()).allowed for _ in range(5)
     )
-    # Redis back (same port): the next call after retry_interval goes to Redis again.
+    # Redis back (same port): it is tried again only once retry_interval has passed.
     server.start()
-    time.sleep(0.3)
+    assert local.admit(key="k2", limits=limits, tokens=1, slot=slot()).backend == "local"
+    clock.advance(0.25)
     assert local.admit(key="k2", limits=limits, tokens=1, slot=slot()).backend == "redis"
     server.stop()
 

@@ -79,6 +79,7 @@ def test_crossing_the_threshold_mails_once_and_staying_below_mails_no_more(
     assert len(alerts_for(user)) == 1
 
 
+@pytest.mark.slow
 def test_many_requests_crossing_at_once_mail_once(
     owner_key: tuple[Client, User, ApiKey], default_model: Any
 ) -> None:

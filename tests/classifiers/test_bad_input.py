@@ -124,6 +124,7 @@ def test_too_many_examples_by_setting(call, api_key, settings) -> None:
     assert_refused(call, api_key, "/v1/train", body, 400, "INPUT_TOO_MANY_ITEMS")
 
 
+@pytest.mark.slow
 def test_a_classifier_holds_a_bounded_number_of_examples(call, api_key, settings) -> None:
     settings.CLASSIFIER_MAX_SAMPLES = 8
     response = call("post", "/v1/train", {"input": training_items()[:6], "num_iters": 1})
@@ -133,6 +134,7 @@ def test_a_classifier_holds_a_bounded_number_of_examples(call, api_key, settings
     assert "at most 8 examples" in error["detail"]
 
 
+@pytest.mark.slow
 def test_another_model_than_the_classifiers_is_refused(call, api_key) -> None:
     created = call("post", "/v1/train", {"input": training_items()[:4], "num_iters": 1}).json()
     body = {"classifier_id": created["classifier_id"], "input": "x", "model": "other-model"}

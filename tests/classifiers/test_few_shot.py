@@ -23,6 +23,7 @@ def embedding_tokens(call, texts: list[str]) -> int:
     return response.json()["usage"]["total_tokens"]
 
 
+@pytest.mark.slow
 def test_a_trained_classifier_beats_chance_on_held_out_texts(call, api_key) -> None:
     items = training_items()
     tokens = embedding_tokens(call, [item["text"] for item in items])
@@ -63,6 +64,7 @@ def test_jina_default_of_ten_iterations_and_private_access(call) -> None:
     assert Classifier.objects.get(pk=body["classifier_id"]).access == "private"
 
 
+@pytest.mark.slow
 def test_an_update_adds_examples_and_labels(call) -> None:
     created = train(call, {"input": training_items(labels=("sports", "cooking")), "num_iters": 3})
     classifier_id = created["classifier_id"]
@@ -157,6 +159,7 @@ def test_another_users_key_cannot_see_change_or_delete_it(call, api_key, other_k
     ]
 
 
+@pytest.mark.slow
 def test_a_public_classifier_classifies_for_any_key(call, other_key) -> None:
     classifier_id = train(call, {"input": training_items(), "access": "public", "num_iters": 3})[
         "classifier_id"

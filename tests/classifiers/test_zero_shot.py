@@ -22,6 +22,7 @@ def embedding_tokens(call, texts: list[str]) -> int:
     return response.json()["usage"]["total_tokens"]
 
 
+@pytest.mark.slow
 def test_zero_shot_picks_the_obvious_label_and_charges_inputs_plus_labels(call, api_key) -> None:
     texts = [item if isinstance(item, str) else item["text"] for item in INPUTS]
     expected_tokens = embedding_tokens(call, texts + LABELS)
@@ -51,6 +52,7 @@ def test_zero_shot_picks_the_obvious_label_and_charges_inputs_plus_labels(call, 
     assert row.charged_tokens == expected_tokens
 
 
+@pytest.mark.slow
 def test_label_groups_are_scored_each_on_its_own(call) -> None:
     labels = {"topic": LABELS, "mood": ["happy and joyful", "sad and gloomy"]}
     response = call(
@@ -72,6 +74,7 @@ def test_label_groups_are_scored_each_on_its_own(call) -> None:
         assert item["score"][group] == max(p["score"] for p in scores)
 
 
+@pytest.mark.slow
 def test_one_string_input_and_the_default_model(call) -> None:
     response = call("post", "/v1/classify/", {"input": "Bake the bread", "labels": LABELS})
 
@@ -80,6 +83,7 @@ def test_one_string_input_and_the_default_model(call) -> None:
     assert item["prediction"] == "cooking"
 
 
+@pytest.mark.slow
 def test_truncate_cuts_a_long_input_to_the_models_limit(call) -> None:
     long_text = "the match ended in a draw " * 100
     refused = call("post", "/v1/classify", {"input": long_text, "labels": LABELS})

@@ -71,6 +71,7 @@ def test_a_request_larger_than_the_whole_tpm_is_refused_before_tokenizing(
     assert tokenize_calls == []
 
 
+@pytest.mark.slow
 @pytest.mark.django_db
 def test_a_refusal_for_balance_takes_none_of_the_keys_tpm(client, default_model) -> None:
     key = make_key(tokens=10, tpm=500)

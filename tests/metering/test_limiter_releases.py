@@ -19,7 +19,10 @@ import pytest
 import redis
 
 from metering.limiter import FailoverLimiter, Limits, RedisLimiter
+from tests.clock import FakeClock
 from tests.infra import RedisServer
+
+pytestmark = pytest.mark.e2e  # real redis-servers, and a child process
 
 ONE = Limits(rpm=10_000, tpm=10**9, concurrency=1)
 NEVER = 3600.0  # a flush delay no test reaches: releases go only with calls (or flush())
@@ -229,14 +232,16 @@ def test_process_exit_sends_queued_releases(redis_server: RedisServer, key) -> N
 def test_keys_out_of_step_heal_instead_of_counting_wrong(redis_server: RedisServer, key) -> None:
     """A Redis that evicts one of a key's two entries (maxmemory) must not leave it limited
     by ghosts, nor let old entries go uncounted."""
-    limiter = RedisLimiter.from_url(redis_server.url, window=1)
+    # A window of one second on a clock that does not move: "still within its window" holds
+    # however slowly the test runs.
+    limiter = RedisLimiter.from_url(redis_server.url, window=1, clock=FakeClock())
     admin = redis.Redis.from_url(redis_server.url)
     limits = Limits(rpm=3, tpm=10**9, concurrency=100)
     for _ in range(3):
         assert limiter.admit(key=key, limits=limits, tokens=1, slot=new_slot()).allowed
     admin.delete(f"rl:{{{key}}}:log")  # the log gone, its counts still in the state
     refused = limiter.admit(key=key, limits=limits, tokens=1, slot=new_slot())
-    assert not refused.allowed and refused.reason == "requests"  # still within its minute
+    assert not refused.allowed and refused.reason == "requests"  # still within its window
     admin.hset(f"rl:{{{key}}}:state", "o", 0)  # as if the oldest entry had left the window
     healed = limiter.admit(key=key, limits=limits, tokens=1, slot=new_slot())
     assert healed.allowed and healed.requests_in_window == 1

@@ -33,6 +33,7 @@ def app() -> Iterator[httpx.Client]:
         request_finished.connect(close_old_connections)
 
 
+@pytest.mark.e2e  # starts a process of its own
 def test_gunicorn_serves_the_split_handler(tmp_path: Path) -> None:
     script = (
         "import embeddings_site.wsgi as w; from embeddings_site.handlers import SplitHandler; "

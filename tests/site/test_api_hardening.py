@@ -85,6 +85,7 @@ def test_text_with_spaces_around_words_is_embedded(post_embeddings: Any) -> None
     assert len(response.json()["data"]) == 2
 
 
+@pytest.mark.e2e  # starts a process of its own
 def test_the_served_hosts_leave_out_testserver(settings: Any) -> None:
     """What `make run` serves by default; "testserver" is added by the test environment alone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_ALLOWED_HOSTS")}

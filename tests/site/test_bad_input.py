@@ -27,6 +27,7 @@ def test_2049_inputs_are_refused(post_embeddings) -> None:
     assert "2048" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_2048_inputs_are_served(post_embeddings) -> None:
     response = post_embeddings({"input": ["hi"] * 2048})
     assert response.status_code == 200

@@ -223,6 +223,7 @@ def test_behind_a_trusted_proxy_gunicorn_limits_each_forwarded_client(
     assert [models(None), models("garbage"), models("203.0.113.3, ")] == [200, 200, 429]
 
 
+@pytest.mark.e2e  # starts manage.py check in a process of its own
 def test_the_old_spoofable_setting_refuses_to_start(tmp_path: Path) -> None:
     gateway = Gateway(
         tmp_path / "gw", workers=1, threads=1, env={"RATELIMIT_IP_META_KEY": "HTTP_X_FORWARDED_FOR"}
@@ -233,6 +234,7 @@ def test_the_old_spoofable_setting_refuses_to_start(tmp_path: Path) -> None:
     assert "TRUSTED_PROXIES" in result.stderr
 
 
+@pytest.mark.e2e  # starts manage.py check in a process of its own
 def test_a_trusted_proxies_entry_that_is_no_address_refuses_to_start(tmp_path: Path) -> None:
     gateway = Gateway(
         tmp_path / "gw", workers=1, threads=1, env={"TRUSTED_PROXIES": "10.0.0.0/8,proxy.local"}

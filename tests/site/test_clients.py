@@ -4,12 +4,15 @@ integrations of LangChain, LlamaIndex and Haystack, each as published on PyPI, o
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import openai
 import pytest
 
 from tests.factories import ApiKeyFactory, EmbeddingModelFactory
+
+if TYPE_CHECKING:
+    import openai
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 os.environ.setdefault("LANGCHAIN_TRACING_V2", "false")
@@ -30,6 +33,8 @@ def server(live_server):
 
 @pytest.fixture
 def oai(server) -> openai.OpenAI:
+    import openai  # here: collecting the other layers need not load the SDK
+
     url, key = server
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
@@ -77,6 +82,8 @@ def test_openai_sdk_token_array_input(oai) -> None:
 
 
 def test_openai_sdk_reads_the_error_object(server) -> None:
+    import openai  # here: collecting the other layers need not load the SDK
+
     url, key = server
     bad_key = openai.OpenAI(base_url=f"{url}/v1", api_key="jina_wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as auth:

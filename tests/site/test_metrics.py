@@ -68,12 +68,12 @@ def test_requests_tokens_latency_errors_and_batch_sizes_are_counted(
     def moved(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
 
-    assert moved("embeddings_requests_total", model=model, status="200") == 1
+    assert moved("embeddings_requests_total", endpoint="embeddings", model=model, status="200") == 1
     assert (
-        moved("embeddings_tokens_total", model=model, kind="text")
+        moved("embeddings_tokens_total", endpoint="embeddings", model=model, kind="text")
         == ok.json()["usage"]["total_tokens"]
     )
-    assert moved("embeddings_request_seconds_count", model=model) >= 1
+    assert moved("embeddings_request_seconds_count", endpoint="embeddings", model=model) >= 1
     assert (
         sum(moved("embeddings_errors_total", code=code) for code in ("INPUT_VALIDATION_ERROR",))
         + moved("embeddings_requests_total", status="400")

@@ -122,6 +122,7 @@ def test_a_link_for_an_address_the_account_no_longer_has_is_refused() -> None:
     assert User.objects.get(email="new@example.com").email_verified_at is None
 
 
+@pytest.mark.slow
 def test_fifty_sign_ups_from_one_address_get_no_tokens_until_verified(settings: Any) -> None:
     settings.TRIAL_TOKENS = 10_000_000
     settings.IP_RATE_LIMIT_SIGNUP = "100/h"

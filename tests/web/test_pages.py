@@ -78,6 +78,7 @@ def test_cross_site_posts_without_a_csrf_token_are_refused_and_change_nothing() 
     assert api_key.revoked_at is None and user.is_active
 
 
+@pytest.mark.e2e  # starts a process of its own
 def test_deploy_checks_pass_with_production_settings(tmp_path: Any) -> None:
     """ADVERSARIAL 23 (second half): `manage.py check --deploy` gives no warnings."""
     env = {

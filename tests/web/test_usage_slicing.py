@@ -281,6 +281,7 @@ def test_staff_slice_every_users_usage_and_see_revenue_per_day(
         (f"range=custom&start=2026-01-01&end={days_ago(-3)}", "after today"),
     ],
 )
+@pytest.mark.slow
 def test_bad_parameters_are_a_clear_message_never_a_500(
     traffic: dict[str, ApiKey], query: str, message: str
 ) -> None:
