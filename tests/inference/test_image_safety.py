@@ -291,12 +291,15 @@ def test_an_oversized_base64_image_is_refused(embed_image, key, settings) -> Non
 class GateServer:
     """/img?w=W&h=H answers only once `together` requests are in flight at the same time (a
     barrier: requests fetched one after another never all arrive, and get a 503). /hold sends
-    the start of a body, then waits for the client to hang up and notes it in `hung_up`."""
+    the start of a body, then waits for the client to hang up and notes it in `hung_up`.
+    /missing (a 404) and /endless (a body with no end) answer only once /hold is being read, so
+    a fetch that fails is sure to have another one reading to call off."""
 
     def __init__(self, together: int) -> None:
         gate = threading.Barrier(together, timeout=15)
         self.hung_up = threading.Event()
         hung_up = self.hung_up
+        holding = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: object) -> None:
@@ -318,9 +321,20 @@ class GateServer:
                         self.end_headers()
                         self.wfile.write(b"\x89PNG\r\n\x1a\n")
                         self.wfile.flush()
+                        holding.set()
                         self.connection.settimeout(30)
                         if self.connection.recv(1) == b"":
                             hung_up.set()
+                    elif url.path == "/missing":
+                        holding.wait(15)
+                        self.send_error(404)
+                    elif url.path == "/endless":
+                        holding.wait(15)
+                        self.send_response(200)
+                        self.end_headers()
+                        self.wfile.write(b"\x89PNG\r\n\x1a\n")
+                        for _ in range(4096):  # 256 MB at most: far past any budget
+                            self.wfile.write(b"\x00" * 65536)
                 except threading.BrokenBarrierError:
                     self.send_error(503)
                 except (OSError, TimeoutError):
@@ -390,7 +404,7 @@ def test_the_total_bytes_budget_stops_the_fetches_and_names_the_image(
     settings.IMAGE_FETCH_MAX_TOTAL_BYTES = 1024 * 1024
     settings.IMAGE_FETCH_READ_TIMEOUT = settings.IMAGE_FETCH_DEADLINE = 60
     with pytest.raises(ImageInputError, match="larger than 1 MB in total") as refused:
-        images_load([gate.url("/hold"), server.url("/endless")])
+        images_load([gate.url("/hold"), gate.url("/endless")])
     assert refused.value.index == 1
     assert gate.hung_up.wait(10), "the other fetch kept reading"
 
@@ -398,7 +412,7 @@ def test_the_total_bytes_budget_stops_the_fetches_and_names_the_image(
 def test_one_failed_fetch_calls_off_the_others(gate, server, settings) -> None:
     settings.IMAGE_FETCH_READ_TIMEOUT = settings.IMAGE_FETCH_DEADLINE = 60
     with pytest.raises(ImageInputError, match="HTTP 404") as refused:
-        images_load([gate.url("/hold"), b64(image_bytes(2, 2)), server.url("/missing")])
+        images_load([gate.url("/hold"), b64(image_bytes(2, 2)), gate.url("/missing")])
     assert refused.value.index == 2
     assert gate.hung_up.wait(10), "the other fetch kept reading"
 

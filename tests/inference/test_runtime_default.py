@@ -125,6 +125,7 @@ def test_a_failed_write_leaves_nothing_behind_and_the_next_load_retries(tmp_path
     assert target.read_bytes() == b"whole"
 
 
+@pytest.mark.e2e
 def test_a_process_that_loads_no_model_starts_without_torch(tmp_path: Path) -> None:
     """manage.py commands and a Celery worker before its first job import the apps, the registry
     among them, but load no model: torch (seconds of a loaded machine's start-up) stays out."""

@@ -16,6 +16,10 @@ import pytest
 
 from embeddings_site.env import READ, RETIRED
 
+# Each test but the last starts manage.py, gunicorn, Celery or a fresh interpreter with its own
+# environment.
+e2e = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ROOT / "embeddings_site" / "settings.py"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -58,6 +62,7 @@ def run(data_dir: Path, *args: str, **values: str) -> subprocess.CompletedProces
 PACK = '{"id": "p", "name": "P", "tokens": 1000, "amount": 500, "currency": "dollars"}'
 
 
+@e2e
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -116,6 +121,7 @@ def test_a_value_that_does_not_parse_stops_manage_py_with_one_line_naming_it(
     assert not (tmp_path / "data").exists()
 
 
+@e2e
 def test_an_unknown_database_url_scheme_names_it_and_never_the_password(tmp_path: Path) -> None:
     result = run(
         tmp_path / "data",
@@ -129,6 +135,7 @@ def test_an_unknown_database_url_scheme_names_it_and_never_the_password(tmp_path
     assert "hunter2" not in result.stderr
 
 
+@e2e
 def test_gunicorn_and_celery_refuse_to_start_on_a_bad_value(tmp_path: Path) -> None:
     gunicorn = run(
         tmp_path / "data",
@@ -157,6 +164,7 @@ def test_gunicorn_and_celery_refuse_to_start_on_a_bad_value(tmp_path: Path) -> N
     assert "LEDGER_GROUP_LANES: 0 is below the minimum, 1" in celery.stderr
 
 
+@e2e
 def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
     result = run(tmp_path / "data", "manage.py", "check", DJANGO_ENV="production")
     assert result.returncode == 1
@@ -173,6 +181,7 @@ print(json.dumps(sorted(k for k in {*before, *os.environ} if before.get(k) != os
 """
 
 
+@e2e
 def test_importing_the_settings_writes_nothing_and_leaves_the_environment_alone(
     tmp_path: Path,
 ) -> None:
@@ -185,6 +194,7 @@ def test_importing_the_settings_writes_nothing_and_leaves_the_environment_alone(
 SIGN = "from django.core import signing; print(signing.dumps('session'))"
 
 
+@e2e
 def test_the_site_makes_its_data_directory_at_start_up_and_keeps_one_secret_key(
     tmp_path: Path,
 ) -> None:
@@ -206,6 +216,7 @@ def test_the_site_makes_its_data_directory_at_start_up_and_keeps_one_secret_key(
     assert sorted(path.name for path in data.iterdir()) == ["secret_key", "static"]
 
 
+@e2e
 def test_models_load_with_the_hub_offline(tmp_path: Path) -> None:
     script = (
         "import django; django.setup(); import huggingface_hub.constants as hub; "
