@@ -337,7 +337,10 @@ def test_a_killed_worker_fails_cleanly_and_comes_back(cluster) -> None:
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(send, i) for i in range(60)]
-        time.sleep(1.0)
+        # Killed while it is working: once the gateway has requests outstanding on it.
+        deadline = time.monotonic() + 60
+        while not any(w["outstanding"] for w in ready_workers(gateway)):
+            assert time.monotonic() < deadline, "no request ever reached a worker"
         os.kill(workers[0].vllm_pid(), signal.SIGKILL)
         responses = [f.result() for f in futures]
     codes = {r.status_code for r in responses}
