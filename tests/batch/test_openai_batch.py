@@ -190,6 +190,7 @@ def test_bad_uploads_and_batches_are_refused_with_codes(oai, settings) -> None:
     widest = {f"{n:0>64}": "v" * 512 for n in range(16)}
     created = oai.batches.create(input_file_id=uploaded.id, metadata=widest, **WINDOW)
     assert created.metadata == widest
+    assert wait_until_stopped(oai, created.id).status == "completed"
 
 
 def test_another_key_cannot_see_or_cancel_a_batch(oai, server) -> None:

@@ -107,11 +107,12 @@ def test_fifty_sign_ups_from_one_address_get_nothing_until_verified(
         assert login.status_code == 302
         created = form_post(session, base, "/dashboard/keys", {"name": "first"})
         assert created.status_code == 201
-    assert trial_tokens(postgres_url) == 0
+        assert trial_tokens(postgres_url) == 0
 
-    # One followed link, one trial, to that account's first key.
-    verified = requests.get(f"{base}{mailed_link(gateway, emails[7])}", timeout=30)
-    assert verified.status_code == 200 and "is verified" in verified.text
+        # One followed link (in the browser signed in to the account: verified at once), one
+        # trial, to that account's first key.
+        verified = session.get(f"{base}{mailed_link(gateway, emails[7])}", timeout=30)
+        assert verified.status_code == 200 and "is verified" in verified.text
     assert trial_tokens(postgres_url) == 10_000_000
     [(balance,)] = postgres_query(
         postgres_url,
