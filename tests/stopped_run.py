@@ -14,9 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.inference.test_vllm_workers import MODEL, WORKER_PYTHON, WorkerProcess
 from tests.infra import Gateway, LocalStripe, RedisServer, free_port, stripe_env, wait_for_port
 from tests.run_processes import RUN_ID
+
+# They start servers, the one left behind among them by hand: the e2e layer, where that is allowed.
+pytestmark = pytest.mark.e2e
 
 
 def servers_up(pids: list[int]) -> None:
