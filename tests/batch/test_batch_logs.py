@@ -106,6 +106,7 @@ def processing_records() -> Iterator[list[logging.LogRecord]]:
     log.setLevel(level)
 
 
+@pytest.mark.slow  # a batch job run in process, chunk by chunk (7 s)
 def test_a_resumed_run_names_the_request_that_created_the_job(
     client, api_key, default_model, settings, processing_records
 ) -> None:

@@ -53,8 +53,11 @@ def test_a_backend_without_pair_scoring_refuses_pairs_with_a_backend_error(db, t
 
 
 def test_late_chunking_on_a_backend_without_hidden_states_is_a_coded_400(
-    client, api_key, default_model
+    client, api_key, default_model, settings
 ) -> None:
+    # The vLLM backend loads (with no worker) before the refusal; its health thread stays
+    # asleep for the run instead of checking a registry row this test's teardown removes.
+    settings.WORKER_HEALTH_INTERVAL_SECONDS = 3600
     EmbeddingModelFactory(name="pooled-only", backend=Backend.VLLM)
     response = client.post(
         "/v1/embeddings",
